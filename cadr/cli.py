@@ -1,0 +1,91 @@
+"""The ``cadr`` command line.
+
+Each command lives in its own module under ``cadr.commands`` and exposes
+``register(subparsers)``; the handler receives the parsed args and the one
+:class:`~cadr.config.Settings` built here (defaults < TOML < CADR_* env < flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from cadr.config import load_settings
+from schemas.errors import CadrError
+
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+
+#: command modules in the order ``cadr --help`` lists them
+COMMAND_MODULES = [
+    "demo",
+    "up",
+    "worker",
+    "sensor",
+    "incidents",
+    "query",
+    "capture",
+    "replay",
+    "scan",
+    "rules",
+    "profiles",
+    "forward",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cadr",
+        description=(
+            "cadr: runtime detection and response for Kubernetes. Sensors (eBPF, audit) publish to Kafka; "
+            "a Faust worker enriches, baselines, detects and correlates alerts into incident stories; "
+            "ClickHouse keeps every event for forensic SQL."
+        ),
+        epilog="Configuration: --config FILE (TOML) or $CADR_CONFIG, overridden by CADR_<SECTION>_<FIELD> variables.",
+    )
+    parser.add_argument("--config", help="TOML configuration file (default: $CADR_CONFIG or ./cadr.toml)")
+    parser.add_argument("--data-dir", help="state directory for the embedded stack (default: ./.cadr)")
+    parser.add_argument("--kafka", help="Kafka bootstrap servers (default: start the embedded local broker)")
+    parser.add_argument("--topic-prefix", help="topic name prefix (default: cadr.)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"cadr.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"cadr.commands.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings(args.config)
+        if args.data_dir:
+            settings.data_dir = args.data_dir
+        if args.kafka:
+            settings.kafka.bootstrap = args.kafka
+        if args.topic_prefix:
+            settings.kafka.topic_prefix = args.topic_prefix
+        result: int = args.handler(args, settings)
+        return result
+    except CadrError as exc:
+        print(f"cadr: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

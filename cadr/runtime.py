@@ -1,0 +1,133 @@
+"""Running cadr's pieces on one machine: the embedded Kafka, topics, child processes.
+
+Used by ``cadr up``, ``cadr demo`` and ``cadr worker``: when no ``--kafka`` is given they
+start the embedded broker under the data dir, so the same commands work on a laptop and
+against a production cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cadr.config import Settings
+from schemas.errors import CadrError
+
+__all__ = ["ChildProcess", "embedded_kafka", "ensure_topics_sync", "settings_env", "spawn_cadr"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def embedded_kafka(settings: Settings, *, port: int = 0) -> Iterator[str]:
+    """Yield a bootstrap address: the configured one, or an embedded broker started here."""
+    if settings.kafka.bootstrap:
+        yield settings.kafka.bootstrap
+        return
+    from cadr.kafka_local import LocalKafka
+
+    data_dir = Path(settings.data_dir).resolve() / "kafka"
+    kafka = LocalKafka(data_dir=data_dir, port=port or None)
+    print(f"cadr: starting embedded Kafka in {data_dir} ...", file=sys.stderr, flush=True)
+    kafka.start()
+    try:
+        settings.kafka.bootstrap = kafka.bootstrap
+        print(f"cadr: Kafka ready at {kafka.bootstrap}", file=sys.stderr, flush=True)
+        yield kafka.bootstrap
+    finally:
+        kafka.stop()
+        settings.kafka.bootstrap = ""
+
+
+def ensure_topics_sync(settings: Settings) -> None:
+    """Create the topics of DESIGN.md (idempotent)."""
+    from cadr.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings.kafka.bootstrap, prefix=settings.kafka.topic_prefix, partitions=settings.kafka.partitions))
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that hands ``settings`` to a child ``cadr`` process."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "CADR_DATA_DIR": str(Path(settings.data_dir).resolve()),
+            "CADR_CLUSTER": settings.cluster,
+            "CADR_NODE": settings.node,
+            "CADR_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
+            "CADR_KAFKA_TOPIC_PREFIX": settings.kafka.topic_prefix,
+            "CADR_KAFKA_PARTITIONS": str(settings.kafka.partitions),
+            "CADR_STORE_DSN": settings.store_dsn,
+            "CADR_WORKER_APP_ID": settings.worker.app_id,
+            "CADR_DETECT_LEARNING_WINDOW_S": str(settings.detect.learning_window_s),
+            "CADR_CORRELATE_INACTIVITY_CLOSE_S": str(settings.correlate.inactivity_close_s),
+        }
+    )
+    return env
+
+
+class ChildProcess:
+    """A supervised child process whose output goes to a log file under the data dir."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ChildProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def spawn_cadr(name: str, args: list[str], settings: Settings, extra_env: dict[str, str] | None = None) -> ChildProcess:
+    """Start ``cadr ARGS`` as a child with ``settings`` passed through the environment."""
+    env = settings_env(settings)
+    env.update(extra_env or {})
+    argv = [sys.executable, "-m", "cadr.cli", *args]
+    return ChildProcess(name, argv, env, Path(settings.data_dir).resolve() / "logs")
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> None:
+    """Poll ``predicate()`` until true; raise a clear error after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise CadrError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -1,0 +1,128 @@
+"""Encode and decode cadr records with orjson, validating into typed records.
+
+Decoding happens once at the edge of each stage. Anything that fails raises
+:class:`RecordError` whose message names the field (``$.process.pid``) so the
+dead-letter record tells an operator exactly what was wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, TypeVar
+
+import msgspec
+import orjson
+
+from schemas.errors import RecordError
+from schemas.records import Alert, DeadLetter, Event, Incident, Profile
+
+__all__ = [
+    "DEFAULT_MAX_RECORD_BYTES",
+    "dead_letter",
+    "decode",
+    "decode_alert",
+    "decode_event",
+    "decode_incident",
+    "decode_profile",
+    "encode",
+    "to_dict",
+]
+
+T = TypeVar("T")
+
+DEFAULT_MAX_RECORD_BYTES = 1 << 20  # 1 MiB: a real event is a few hundred bytes
+
+
+def _default(obj: Any) -> Any:
+    # orjson serializes dataclasses natively but not msgspec Structs; to_builtins is the
+    # cheapest exact conversion (it honours omit_defaults and enums).
+    return msgspec.to_builtins(obj)
+
+
+def encode(record: Any) -> bytes:
+    """Encode a record (or plain data) to compact JSON bytes."""
+    if isinstance(record, msgspec.Struct):
+        return orjson.dumps(to_dict(record))
+    return orjson.dumps(record, default=_default)
+
+
+def to_dict(record: msgspec.Struct) -> dict[str, Any]:
+    """The record as plain JSON-compatible builtins."""
+    out: dict[str, Any] = msgspec.to_builtins(record)
+    # omit_defaults would drop the version; consumers must always see it.
+    version = getattr(record, "schema_version", None)
+    if version is not None:
+        out["schema_version"] = version
+    return out
+
+
+def decode(data: bytes | str | dict[str, Any], type_: type[T], *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> T:
+    """Decode JSON bytes (or an already-parsed dict) into ``type_``, validating every field."""
+    if isinstance(data, dict):
+        obj: Any = data
+    else:
+        size = len(data)
+        if size > max_bytes:
+            raise RecordError(f"record is {size} bytes, over the {max_bytes}-byte limit")
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError(f"invalid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        return msgspec.convert(obj, type_, strict=True)
+    except msgspec.ValidationError as exc:
+        raise RecordError(str(exc)) from exc
+
+
+def decode_event(data: bytes | str | dict[str, Any], *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Event:
+    """Decode and validate one event."""
+    return decode(data, Event, max_bytes=max_bytes)
+
+
+def decode_alert(data: bytes | str | dict[str, Any]) -> Alert:
+    return decode(data, Alert, max_bytes=8 << 20)
+
+
+def decode_incident(data: bytes | str | dict[str, Any]) -> Incident:
+    return decode(data, Incident, max_bytes=8 << 20)
+
+
+def decode_profile(data: bytes | str | dict[str, Any]) -> Profile:
+    return decode(data, Profile, max_bytes=8 << 20)
+
+
+_DLQ_PAYLOAD_LIMIT = 64 * 1024
+
+
+def dead_letter(
+    payload: bytes,
+    *,
+    stage: str,
+    reason: str,
+    time_ns: int,
+    topic: str = "",
+    partition: int | None = None,
+    offset: int | None = None,
+) -> DeadLetter:
+    """A :class:`DeadLetter` for refused input; the payload is kept safely (text or base64,
+    truncated to 64 KiB) together with its full size, so the record itself is always valid."""
+    raw = payload[:_DLQ_PAYLOAD_LIMIT]
+    try:
+        text = raw.decode("utf-8")
+        b64 = False
+    except UnicodeDecodeError:
+        text = base64.b64encode(raw).decode("ascii")
+        b64 = True
+    return DeadLetter(
+        time=time_ns,
+        stage=stage,
+        reason=reason[:8000],
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        payload=text,
+        payload_b64=b64,
+        payload_bytes=len(payload),
+    )

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Run the whole suite: lint, then pytest (unit + integration against a real Kafka broker
+# started by the tests, chdb, and real eBPF programs when run as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/ruff check .
+.venv/bin/python -m schemas.jsonschema --check
+exec .venv/bin/pytest -q -ra --timeout=600 "$@"

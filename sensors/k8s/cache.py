@@ -1,0 +1,261 @@
+"""In-memory pod metadata: pods, their owner chain, containers and IPs, kept by :mod:`sensors.k8s.watcher`.
+
+Objects are stored as the raw JSON dicts the API server sends (deserializing into the client's model
+classes would cost ~100x more per watch event). The cache answers:
+
+- :meth:`PodCache.resolve` ``(container_id) -> Workload`` for the eBPF sensor (cgroup -> container id ->
+  pod), satisfying ``sensors.containers.WorkloadResolver``;
+- :meth:`PodCache.by_ip` for connections between pods;
+- :meth:`PodCache.by_pod` for audit events about a pod (``kubectl exec`` targets).
+
+The workload of a pod is the top of its controller chain: Pod -> ReplicaSet -> Deployment,
+Pod -> Job -> CronJob, Pod -> StatefulSet / DaemonSet. ReplicaSets and Jobs come from their own watches;
+when one is not (yet) known the chain stops at what is known, except for Deployment-made ReplicaSets,
+which carry the ``pod-template-hash`` label and name the Deployment by prefix.
+Thread-safe: watch threads write, the event loop reads.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.records import Workload
+
+__all__ = ["PodCache", "PodInfo", "strip_runtime"]
+
+_MAX_CHAIN = 8  # owner references cannot loop in a sane cluster; bound it anyway
+
+
+def strip_runtime(container_id: str) -> str:
+    """``containerd://abc`` / ``docker://abc`` / ``cri-o://abc`` -> ``abc``."""
+    _, sep, rest = container_id.partition("://")
+    return rest if sep else container_id
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """What the cache derived from one pod object."""
+
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    service_account: str
+    workload_kind: str
+    workload_name: str
+    labels: dict[str, str]
+    pod_ips: tuple[str, ...]
+    host_network: bool
+    #: container name -> (container id, image)
+    containers: dict[str, tuple[str, str]] = field(default_factory=dict)
+    owner_chain: tuple[tuple[str, str], ...] = ()
+
+    def workload(self, cluster: str = "", container: str = "") -> Workload:
+        cid, image = self.containers.get(container, ("", ""))
+        if not container and self.containers:
+            image = next(iter(self.containers.values()))[1]
+        return Workload(
+            cluster=cluster,
+            namespace=self.namespace,
+            pod=self.name,
+            container=container,
+            container_id=cid,
+            workload_kind=self.workload_kind,
+            workload_name=self.workload_name,
+            image=image,
+            service_account=self.service_account,
+            pod_ip=self.pod_ips[0] if self.pod_ips and not self.host_network else "",
+            labels=dict(self.labels),
+        )
+
+
+def _meta(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _controller(obj: dict[str, Any]) -> tuple[str, str] | None:
+    owners = [o for o in _meta(obj).get("ownerReferences") or [] if isinstance(o, dict)]
+    owner = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
+    if owner is None:
+        return None
+    return str(owner.get("kind", "")), str(owner.get("name", ""))
+
+
+class PodCache:
+    """Pods plus the ReplicaSets and Jobs needed to walk owner chains."""
+
+    def __init__(self, cluster: str = "") -> None:
+        self.cluster = cluster
+        self._lock = threading.RLock()
+        self._pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self._owners: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, ns, name) -> object
+        self._info: dict[tuple[str, str], PodInfo] = {}
+        self._by_container: dict[str, tuple[tuple[str, str], str]] = {}  # id -> (pod key, container name)
+        self._by_ip: dict[str, tuple[str, str]] = {}
+
+    # -- writes (watch threads) -----------------------------------------------------------------
+
+    def upsert(self, kind: str, obj: dict[str, Any]) -> None:
+        """Add or replace one object (kind ``Pod``, ``ReplicaSet`` or ``Job``)."""
+        meta = _meta(obj)
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        with self._lock:
+            if kind == "Pod":
+                self._drop_pod_index(key)
+                self._pods[key] = obj
+                self._index_pod(key)
+            else:
+                self._owners[(kind, *key)] = obj
+                self._reindex_owned(key[0], (kind, key[1]))
+
+    def delete(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = _meta(obj)
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        with self._lock:
+            if kind == "Pod":
+                self._drop_pod_index(key)
+                self._pods.pop(key, None)
+            else:
+                self._owners.pop((kind, *key), None)
+
+    def replace(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """Replace every object of ``kind`` with a fresh list (after a LIST or a relist on 410 Gone)."""
+        with self._lock:
+            if kind == "Pod":
+                for key in list(self._pods):
+                    self._drop_pod_index(key)
+                self._pods.clear()
+                for obj in items:
+                    meta = _meta(obj)
+                    self._pods[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = obj
+                for key in self._pods:
+                    self._index_pod(key)
+            else:
+                for k in [k for k in self._owners if k[0] == kind]:
+                    del self._owners[k]
+                for obj in items:
+                    meta = _meta(obj)
+                    self._owners[(kind, str(meta.get("namespace", "")), str(meta.get("name", "")))] = obj
+                for ns in {k[0] for k in self._pods}:
+                    self._reindex_owned(ns)
+
+    # -- indexes -------------------------------------------------------------------------------
+
+    def _drop_pod_index(self, key: tuple[str, str]) -> None:
+        info = self._info.pop(key, None)
+        if info is None:
+            return
+        for cid, _ in info.containers.values():
+            if cid and self._by_container.get(cid, (None,))[0] == key:
+                del self._by_container[cid]
+        for ip in info.pod_ips:
+            if self._by_ip.get(ip) == key:
+                del self._by_ip[ip]
+
+    def _index_pod(self, key: tuple[str, str]) -> None:
+        info = self._derive(self._pods[key])
+        self._info[key] = info
+        for cname, (cid, _) in info.containers.items():
+            if cid:
+                self._by_container[cid] = (key, cname)
+        if not info.host_network:  # host-network pods share the node's IP: not a pod identity
+            for ip in info.pod_ips:
+                self._by_ip[ip] = key
+
+    def _reindex_owned(self, namespace: str, owner: tuple[str, str] | None = None) -> None:
+        # An owner arrived or changed: recompute the workload of the pods whose chain passes through it.
+        for key in [k for k in self._pods if k[0] == namespace]:
+            info = self._info.get(key)
+            if owner is not None and info is not None and owner not in info.owner_chain:
+                continue
+            self._drop_pod_index(key)
+            self._index_pod(key)
+
+    def _chain(self, namespace: str, pod: dict[str, Any]) -> list[tuple[str, str]]:
+        chain: list[tuple[str, str]] = []
+        current = _controller(pod)
+        labels = _meta(pod).get("labels") or {}
+        while current is not None and len(chain) < _MAX_CHAIN:
+            chain.append(current)
+            kind, name = current
+            owner = self._owners.get((kind, namespace, name))
+            if owner is not None:
+                current = _controller(owner)
+                continue
+            if kind == "ReplicaSet" and "pod-template-hash" in labels and "-" in name:
+                # unseen ReplicaSet made by a Deployment: the name is <deployment>-<hash>
+                current = ("Deployment", name.rsplit("-", 1)[0])
+                chain.append(current)
+            break
+        return chain
+
+    def _derive(self, pod: dict[str, Any]) -> PodInfo:
+        meta = _meta(pod)
+        spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+        status = pod.get("status") if isinstance(pod.get("status"), dict) else {}
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        images: dict[str, str] = {}
+        for key in ("containers", "initContainers", "ephemeralContainers"):
+            for c in spec.get(key) or []:
+                if isinstance(c, dict):
+                    images[str(c.get("name", ""))] = str(c.get("image", ""))
+        containers: dict[str, tuple[str, str]] = {n: ("", img) for n, img in images.items()}
+        for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"):
+            for cs in status.get(key) or []:
+                if isinstance(cs, dict):
+                    cname = str(cs.get("name", ""))
+                    cid = strip_runtime(str(cs.get("containerID") or ""))
+                    containers[cname] = (cid, images.get(cname) or str(cs.get("image", "")))
+        ips = [str(p.get("ip")) for p in status.get("podIPs") or [] if isinstance(p, dict) and p.get("ip")]
+        if not ips and status.get("podIP"):
+            ips = [str(status["podIP"])]
+        chain = self._chain(namespace, pod)
+        top_kind, top_name = chain[-1] if chain else ("", "")
+        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+        return PodInfo(
+            namespace=namespace,
+            name=name,
+            uid=str(meta.get("uid", "")),
+            node=str(spec.get("nodeName", "")),
+            service_account=str(spec.get("serviceAccountName") or spec.get("serviceAccount") or ""),
+            workload_kind=top_kind or "Pod",
+            workload_name=top_name or name,
+            labels={str(k): str(v) for k, v in labels.items()},
+            pod_ips=tuple(ips),
+            host_network=spec.get("hostNetwork") is True,
+            containers=containers,
+            owner_chain=tuple(chain),
+        )
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def resolve(self, container_id: str) -> Workload | None:
+        """The workload a container belongs to (full id, runtime prefix optional)."""
+        cid = strip_runtime(container_id)
+        with self._lock:
+            hit = self._by_container.get(cid)
+            if hit is None:
+                return None
+            key, cname = hit
+            return self._info[key].workload(self.cluster, cname)
+
+    def by_ip(self, ip: str) -> Workload | None:
+        with self._lock:
+            key = self._by_ip.get(ip)
+            return self._info[key].workload(self.cluster) if key is not None else None
+
+    def by_pod(self, namespace: str, name: str) -> Workload | None:
+        with self._lock:
+            info = self._info.get((namespace, name))
+            return info.workload(self.cluster) if info is not None else None
+
+    def pod_info(self, namespace: str, name: str) -> PodInfo | None:
+        with self._lock:
+            return self._info.get((namespace, name))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pods)

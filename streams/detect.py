@@ -1,0 +1,253 @@
+"""Stage 2 — baseline + detect: ``cadr.events`` → ``cadr.alerts`` (+ ``cadr.profiles``).
+
+For each event: learn it into the workload's profile (while learning), remember the few
+facts rules need across events (the process tree, files written per container), evaluate
+the rules indexed by the event's kind, and fold repeats of one cause into one alert with a
+count. Everything here is pure and synchronous; :func:`register` wraps it in a Faust agent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+
+from cadr.config import DetectSettings
+from schemas.records import Actor, Alert, Event, EventKind, Profile
+from streams.baseline import Baselines
+from streams.rules import EvalContext, Match, RuleSet, load_rules
+
+__all__ = ["DetectState", "Detector", "actors_of", "register", "scan_events"]
+
+log = logging.getLogger(__name__)
+
+_ANCESTRY_DEPTH = 8
+
+
+class _Lru(OrderedDict[str, object]):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: str, value: object) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.limit:
+            self.popitem(last=False)
+
+
+class DetectState:
+    """Short-lived per-node facts: the process tree (exec_id → exec event) and files written
+    per container. Bounded LRUs: enough to explain an alert, never a memory leak."""
+
+    def __init__(self, max_procs: int = 200_000, max_written: int = 100_000) -> None:
+        self.procs = _Lru(max_procs)
+        self.written_files = _Lru(max_written)
+
+    def observe(self, event: Event) -> None:
+        p = event.process
+        if event.kind is EventKind.PROCESS_EXEC and p is not None and p.exec_id:
+            self.procs.put(p.exec_id, event)
+        elif event.kind is EventKind.FILE_OPEN and event.file is not None and event.file.write:
+            self.written_files.put(f"{event.workload.container_id}\x1f{event.file.path}", event)
+
+    def written(self, event: Event, path: str) -> bool:
+        return f"{event.workload.container_id}\x1f{path}" in self.written_files
+
+    def write_event(self, event: Event, path: str) -> Event | None:
+        found = self.written_files.get(f"{event.workload.container_id}\x1f{path}")
+        return found if isinstance(found, Event) else None
+
+    def ancestry(self, event: Event) -> list[Event]:
+        """The exec events of the process's ancestors, nearest first (as far as seen)."""
+        chain: list[Event] = []
+        p = event.process
+        parent = p.parent_exec_id if p is not None else ""
+        if event.kind is not EventKind.PROCESS_EXEC and p is not None and p.exec_id:
+            own = self.procs.get(p.exec_id)
+            if isinstance(own, Event):
+                chain.append(own)
+        seen = set()
+        while parent and parent not in seen and len(chain) < _ANCESTRY_DEPTH:
+            seen.add(parent)
+            found = self.procs.get(parent)
+            if not isinstance(found, Event) or found.process is None:
+                break
+            chain.append(found)
+            parent = found.process.parent_exec_id
+        return chain
+
+
+def actors_of(event: Event) -> list[Actor]:
+    """Who acted: the API user (human or service account) of an audit event."""
+    a = event.audit
+    if a is None or not a.user:
+        return []
+    actors = []
+    if a.user.startswith("system:serviceaccount:"):
+        actors.append(Actor(kind="service_account", name=a.user.removeprefix("system:serviceaccount:")))
+    else:
+        actors.append(Actor(kind="user", name=a.user))
+    if a.impersonated_user:
+        actors.append(Actor(kind="user", name=a.impersonated_user))
+    return actors
+
+
+@dataclass
+class _Open:
+    alert: Alert
+    emitted_count: int
+
+
+@dataclass
+class Detector:
+    """Baseline + rules + dedup for a stream of events (one partition's worth)."""
+
+    rules: RuleSet
+    settings: DetectSettings = field(default_factory=DetectSettings)
+    profiles: MutableMapping[str, Profile] = field(default_factory=dict)
+    state: DetectState = field(default_factory=DetectState)
+
+    def __post_init__(self) -> None:
+        self.baselines = Baselines(
+            self.profiles,
+            learning_window_ns=int(self.settings.learning_window_s * 1e9),
+            window_label=self.settings.learning_window_label,
+        )
+        self._open: OrderedDict[str, _Open] = OrderedDict()
+        self._cooldown_ns = int(self.settings.cooldown_s * 1e9)
+        self.counters = {"events": 0, "matches": 0, "alerts": 0, "suppressed": 0}
+
+    def process(self, event: Event) -> list[Alert]:
+        """Alerts to publish for ``event`` (new alerts, and count updates of open ones)."""
+        self.counters["events"] += 1
+        view = self.baselines.observe(event)
+        ctx = EvalContext(event=event, baseline=view, state=self.state)
+        matches = self.rules.evaluate(event, ctx)
+        # state is updated after evaluation: a write and an exec of the same file in one
+        # event cannot happen, and a rule must see the tree as it was before this event
+        self.state.observe(event)
+        out = []
+        for match in matches:
+            self.counters["matches"] += 1
+            alert = self._fold(match, event)
+            if alert is not None:
+                out.append(alert)
+        return out
+
+    def process_many(self, events: Iterable[Event]) -> list[Alert]:
+        out: list[Alert] = []
+        for event in events:
+            out.extend(self.process(event))
+        return out
+
+    def _fold(self, match: Match, event: Event) -> Alert | None:
+        key = f"{match.rule.id}\x1f{match.dedup_key}"
+        current = self._open.get(key)
+        if current is not None and event.time - current.alert.first_seen < self._cooldown_ns:
+            alert = current.alert
+            alert.count += 1
+            alert.last_seen = max(alert.last_seen, event.time)
+            # re-publish at 2, 10, 100, 1000 ... so the story's count stays honest without
+            # one message per repeat
+            if alert.count == 2 or alert.count in (10, 100, 1000, 10_000) or alert.count % 100_000 == 0:
+                current.emitted_count = alert.count
+                return alert
+            self.counters["suppressed"] += 1
+            return None
+        alert = self._new_alert(match, event)
+        self._open[key] = _Open(alert=alert, emitted_count=1)
+        self._open.move_to_end(key)
+        if len(self._open) > 100_000:
+            self._open.popitem(last=False)
+        self.counters["alerts"] += 1
+        return alert
+
+    def _new_alert(self, match: Match, event: Event) -> Alert:
+        rule = match.rule
+        # Deterministic id: a redelivered event after a crash yields the same alert id, so
+        # correlation folds it instead of telling the story twice.
+        alert_id = hashlib.blake2b(f"{rule.id}\x1f{match.dedup_key}\x1f{event.event_id}".encode(), digest_size=10).hexdigest()
+        context = self.state.ancestry(event)
+        if event.process is not None and event.kind is EventKind.PROCESS_EXEC and event.process.exe:
+            wrote = self.state.write_event(event, event.process.exe)
+            if wrote is not None:
+                context.append(wrote)
+        return Alert(
+            alert_id=alert_id,
+            rule_id=rule.id,
+            rule_name=rule.name,
+            severity=rule.severity,
+            mitre=list(rule.mitre),
+            message=match.message,
+            story=match.story,
+            time=event.time,
+            first_seen=event.time,
+            last_seen=event.time,
+            count=1,
+            dedup_key=match.dedup_key,
+            workload=event.workload,
+            actors=actors_of(event),
+            event=event,
+            context=context,
+            tags=[rule.tactic, *rule.tags] if rule.tactic else list(rule.tags),
+        )
+
+
+def build_detector(settings: DetectSettings, profiles: MutableMapping[str, Profile] | None = None) -> Detector:
+    """A detector with the built-in rules plus the configured extra rule folders."""
+    rules = load_rules(settings.rules_dirs, disabled=settings.disabled_rules)
+    return Detector(rules=rules, settings=settings, profiles=profiles if profiles is not None else {})
+
+
+def scan_events(events: Iterable[Event], settings: DetectSettings | None = None, rules: RuleSet | None = None) -> list[Alert]:
+    """Offline detection (``cadr scan``, rule tests): events in time order → alerts."""
+    settings = settings or DetectSettings()
+    detector = Detector(rules=rules or load_rules(settings.rules_dirs, disabled=settings.disabled_rules), settings=settings)
+    return detector.process_many(sorted(events, key=lambda e: e.time))
+
+
+def register(cadr_app: object) -> None:
+    """Add the detect agent: events → alerts, with profiles in a Faust table."""
+    from schemas.codec import decode_event, decode_profile, encode
+    from schemas.errors import RecordError
+    from streams.app import CadrApp
+    from streams.tables import RecordTable
+
+    assert isinstance(cadr_app, CadrApp)
+    settings = cadr_app.settings
+    app = cadr_app.app
+    table = app.Table(
+        "cadr-profiles",
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.kafka.partitions,
+        use_partitioner=True,
+    )
+    profiles = RecordTable(table, decode_profile)
+    detector = build_detector(settings.detect, profiles)
+    cadr_app.stages["detect"] = detector
+    alerts_topic = cadr_app.topic("alerts")
+    profiles_topic = cadr_app.topic("profiles")
+    batch = settings.worker.batch_size
+    within = settings.worker.batch_window_s
+
+    @app.agent(cadr_app.topic("events"), name="cadr.detect")
+    async def detect(stream):  # type: ignore[no-untyped-def]
+        async for values in stream.take(batch, within=within):
+            for value in values:
+                try:
+                    event = decode_event(value)
+                except RecordError:
+                    # enrich already validated it; a bad record here is a bug upstream
+                    log.exception("undecodable record on %s", settings.topic("events"))
+                    continue
+                for alert in detector.process(event):
+                    # alerts of one cluster share a partition: stories cross workloads
+                    await alerts_topic.send(key=alert.workload.cluster.encode() or b"-", value=encode(alert))
+            for key, profile in detector.baselines.take_changed().items():
+                await profiles_topic.send(key=key.encode(), value=encode(profile))

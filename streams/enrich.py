@@ -1,0 +1,156 @@
+"""Stage 1 — enrich: ``cadr.raw`` → ``cadr.events`` (+ ``cadr.dlq``).
+
+Decodes and validates each sensor record once, fills in what the sensor could not know
+(cluster, node, the pod of a container id, the peer workload of a connection), and
+re-keys the event by workload so every later stage sees one workload's events in order
+on one partition. Anything that does not decode becomes a dead letter with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from schemas.codec import dead_letter, decode_event, encode
+from schemas.errors import RecordError
+from schemas.records import Event, Workload
+
+__all__ = ["EnrichResult", "Enricher", "WorkloadLookup", "register"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkloadLookup(Protocol):
+    """Pod metadata for a container id (sensors.k8s implements it from the API server)."""
+
+    def resolve(self, container_id: str) -> Workload | None: ...
+
+
+@dataclass
+class EnrichResult:
+    """One batch's output: (key, value) pairs for cadr.events and for cadr.dlq."""
+
+    events: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dead: list[tuple[bytes, bytes]] = field(default_factory=list)
+    decoded: list[Event] = field(default_factory=list)
+
+
+@dataclass
+class _Source:
+    topic: str = ""
+    partition: int | None = None
+    offset: int | None = None
+
+
+class Enricher:
+    """Pure enrichment: bytes in, keyed event bytes and dead letters out."""
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        max_record_bytes: int,
+        lookup: WorkloadLookup | None = None,
+        ip_cache_size: int = 100_000,
+    ) -> None:
+        self.cluster = cluster
+        self.max_record_bytes = max_record_bytes
+        self.lookup = lookup
+        # pod IP -> workload key, learned from events that carry the pod's own IP; lets a
+        # connection name its peer workload (lateral movement) without an API round trip.
+        self._ip_to_workload: OrderedDict[str, str] = OrderedDict()
+        self._ip_cache_size = ip_cache_size
+        self.counters = {"in": 0, "out": 0, "dead": 0}
+
+    def enrich_one(self, event: Event) -> Event:
+        """Fill cluster, workload and peer fields in place; returns the event."""
+        wl = event.workload
+        if not wl.cluster:
+            wl.cluster = self.cluster
+        if self.lookup is not None and wl.container_id and not wl.pod:
+            found = self.lookup.resolve(wl.container_id)
+            if found is not None:
+                found.container_id = wl.container_id
+                found.cluster = found.cluster or wl.cluster
+                event.workload = wl = found
+        if wl.pod_ip and not wl.is_host:
+            self._remember_ip(wl.pod_ip, wl.key())
+        net = event.network
+        if net is not None and net.dst_ip and not net.peer_workload:
+            peer = self._ip_to_workload.get(net.dst_ip)
+            if peer is not None and peer != wl.key():
+                net.peer_workload = peer
+        event.enriched = True
+        return event
+
+    def _remember_ip(self, ip: str, key: str) -> None:
+        cache = self._ip_to_workload
+        if cache.get(ip) == key:
+            cache.move_to_end(ip)
+            return
+        cache[ip] = key
+        if len(cache) > self._ip_cache_size:
+            cache.popitem(last=False)
+
+    def process(
+        self,
+        values: Sequence[bytes],
+        sources: Sequence[tuple[str, int | None, int | None]] | None = None,
+    ) -> EnrichResult:
+        """Enrich a batch. ``sources`` gives (topic, partition, offset) per value for DLQ records."""
+        out = EnrichResult()
+        now = time.time_ns()
+        for i, value in enumerate(values):
+            self.counters["in"] += 1
+            try:
+                if value is None:
+                    raise RecordError("empty record (null value)")
+                event = decode_event(value, max_bytes=self.max_record_bytes)
+            except RecordError as exc:
+                src = _Source(*sources[i]) if sources is not None else _Source()
+                letter = dead_letter(
+                    bytes(value or b""),
+                    stage="enrich",
+                    reason=str(exc),
+                    time_ns=now,
+                    topic=src.topic,
+                    partition=src.partition,
+                    offset=src.offset,
+                )
+                out.dead.append((b"enrich", encode(letter)))
+                self.counters["dead"] += 1
+                continue
+            self.enrich_one(event)
+            out.decoded.append(event)
+            out.events.append((event.workload.key().encode(), encode(event)))
+            self.counters["out"] += 1
+        return out
+
+
+def register(cadr_app: object) -> None:
+    """Add the enrich agent: raw → events (+ dlq), batched."""
+    from streams.app import CadrApp
+
+    assert isinstance(cadr_app, CadrApp)
+    settings = cadr_app.settings
+    enricher = Enricher(cluster=settings.cluster, max_record_bytes=settings.kafka.max_record_bytes)
+    cadr_app.stages["enrich"] = enricher
+    events_topic = cadr_app.topic("events")
+    dlq_topic = cadr_app.topic("dlq")
+    batch = settings.worker.batch_size
+    within = settings.worker.batch_window_s
+
+    @cadr_app.app.agent(cadr_app.topic("raw"), name="cadr.enrich")
+    async def enrich(stream):  # type: ignore[no-untyped-def]
+        async for batch_events in stream.take_events(batch, within=within):
+            values = [ev.message.value for ev in batch_events]
+            sources = [(ev.message.topic, ev.message.partition, ev.message.offset) for ev in batch_events]
+            result = enricher.process(values, sources)
+            for key, value in result.events:
+                await events_topic.send(key=key, value=value)
+            for key, value in result.dead:
+                await dlq_topic.send(key=key, value=value)

@@ -1,0 +1,358 @@
+"""The condition language: Falco-like sentences compiled once into Python closures.
+
+``spawned_process and in_container and process.name in (shell_binaries)`` is tokenized,
+parsed by recursive descent, macros and lists are expanded, and the tree becomes nested
+closures ``f(ctx) -> bool`` — no interpretation per event. See FORMAT.md for the grammar.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.errors import CadrError
+from streams.rules.fields import FieldError, Getter, compile_field, is_field
+
+__all__ = ["Compiler", "ConditionError", "Predicate", "ValueFn"]
+
+
+class ConditionError(CadrError):
+    """A rule condition could not be parsed or compiled; the message says where."""
+
+
+#: a compiled condition: ctx -> bool (ctx has .event and whatever functions need)
+Predicate = Callable[[Any], bool]
+ValueFn = Callable[[Any], Any]
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+      | (?P<op><=|>=|!=|=|<|>)
+      | (?P<punct>[(),])
+      | (?P<word>[^\s(),"'=<>!]+)
+    )""",
+    re.VERBOSE,
+)
+
+_BINARY_WORD_OPS = {"in", "startswith", "endswith", "contains", "icontains", "glob", "pmatch"}
+_KEYWORDS = {"and", "or", "not", "exists"} | _BINARY_WORD_OPS
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str  # str | op | punct | word | end
+    text: str
+    pos: int
+
+
+def _tokenize(text: str) -> list[_Tok]:
+    tokens: list[_Tok] = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None or m.end() == pos:
+            if text[pos:].strip() == "":
+                break
+            raise ConditionError(f"unexpected character {text[pos]!r} at offset {pos}")
+        kind = m.lastgroup or "word"
+        value = m.group(kind)
+        if kind == "str":
+            value = bytes(value[1:-1], "utf-8").decode("unicode_escape")
+        tokens.append(_Tok(kind, value, m.start(kind)))
+        pos = m.end()
+    tokens.append(_Tok("end", "", len(text)))
+    return tokens
+
+
+def _as_number(text: str) -> int | float | None:
+    try:
+        return int(text, 0)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return None
+
+
+def _cmp_values(left: Any, right: Any) -> tuple[Any, Any]:
+    """Bring a literal to the left value's type (numbers compare as numbers)."""
+    if isinstance(left, bool):
+        if isinstance(right, str):
+            return left, right.lower() in {"true", "1", "yes"}
+        return left, bool(right)
+    if isinstance(left, (int, float)) and isinstance(right, str):
+        num = _as_number(right)
+        return left, right if num is None else num
+    if isinstance(left, str) and isinstance(right, (int, float)):
+        return left, str(right)
+    return left, right
+
+
+def _any(value: Any, test: Callable[[Any], bool]) -> bool:
+    if isinstance(value, list):
+        return any(test(v) for v in value if v is not None)
+    return value is not None and test(value)
+
+
+class Compiler:
+    """Compiles condition strings with shared lists, macros and functions."""
+
+    def __init__(
+        self,
+        lists: Mapping[str, list[Any]],
+        macros: Mapping[str, str],
+        functions: Mapping[str, Callable[..., Any]],
+    ) -> None:
+        self.lists = dict(lists)
+        self.macros = dict(macros)
+        self.functions = dict(functions)
+        self._macro_cache: dict[str, Predicate] = {}
+        self._expanding: list[str] = []
+
+    # -- entry points -------------------------------------------------------------------------
+    def compile(self, text: str) -> Predicate:
+        """Compile a full condition into a predicate."""
+        parser = _Parser(self, _tokenize(text), text)
+        pred = parser.parse_expr()
+        parser.expect_end()
+        return pred
+
+    def compile_value(self, path: str) -> ValueFn:
+        """A getter for an output placeholder or dedup field (ctx -> value)."""
+        getter = self._field(path)
+        return lambda ctx: getter(ctx.event)
+
+    def expand_list(self, name: str, seen: tuple[str, ...] = ()) -> list[Any]:
+        """A named list with nested list references expanded."""
+        if name in seen:
+            raise ConditionError(f"list {name!r} refers to itself")
+        out: list[Any] = []
+        for item in self.lists[name]:
+            if isinstance(item, str) and item in self.lists:
+                out.extend(self.expand_list(item, (*seen, name)))
+            else:
+                out.append(item)
+        return out
+
+    # -- helpers used by the parser ----------------------------------------------------------
+    def _field(self, path: str) -> Getter:
+        try:
+            return compile_field(path)
+        except FieldError as exc:
+            raise ConditionError(str(exc)) from exc
+
+    def macro(self, name: str) -> Predicate:
+        if name in self._macro_cache:
+            return self._macro_cache[name]
+        if name in self._expanding:
+            raise ConditionError(f"macro {name!r} refers to itself ({' -> '.join([*self._expanding, name])})")
+        self._expanding.append(name)
+        try:
+            parser = _Parser(self, _tokenize(self.macros[name]), self.macros[name])
+            pred = parser.parse_expr()
+            parser.expect_end()
+        except ConditionError as exc:
+            raise ConditionError(f"in macro {name!r}: {exc}") from exc
+        finally:
+            self._expanding.pop()
+        self._macro_cache[name] = pred
+        return pred
+
+
+class _Parser:
+    def __init__(self, compiler: Compiler, tokens: list[_Tok], text: str) -> None:
+        self.c = compiler
+        self.tokens = tokens
+        self.i = 0
+        self.text = text
+
+    # -- token plumbing ----------------------------------------------------------------------
+    def peek(self, offset: int = 0) -> _Tok:
+        return self.tokens[min(self.i + offset, len(self.tokens) - 1)]
+
+    def take(self) -> _Tok:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def error(self, message: str, tok: _Tok | None = None) -> ConditionError:
+        tok = tok or self.peek()
+        return ConditionError(f"{message} at offset {tok.pos} in {self.text!r}")
+
+    def expect(self, kind: str, text: str | None = None) -> _Tok:
+        tok = self.take()
+        if tok.kind != kind or (text is not None and tok.text != text):
+            raise self.error(f"expected {text or kind!r}, found {tok.text or 'end'!r}", tok)
+        return tok
+
+    def expect_end(self) -> None:
+        if self.peek().kind != "end":
+            raise self.error(f"unexpected {self.peek().text!r}")
+
+    def is_word(self, text: str) -> bool:
+        tok = self.peek()
+        return tok.kind == "word" and tok.text == text
+
+    # -- grammar -----------------------------------------------------------------------------
+    def parse_expr(self) -> Predicate:
+        left = self.parse_and()
+        while self.is_word("or"):
+            self.take()
+            right = self.parse_and()
+            left = (lambda a, b: lambda ctx: a(ctx) or b(ctx))(left, right)
+        return left
+
+    def parse_and(self) -> Predicate:
+        left = self.parse_not()
+        while self.is_word("and"):
+            self.take()
+            right = self.parse_not()
+            left = (lambda a, b: lambda ctx: a(ctx) and b(ctx))(left, right)
+        return left
+
+    def parse_not(self) -> Predicate:
+        if self.is_word("not"):
+            self.take()
+            inner = self.parse_not()
+            return lambda ctx: not inner(ctx)
+        return self.parse_atom()
+
+    def parse_atom(self) -> Predicate:
+        tok = self.peek()
+        if tok.kind == "punct" and tok.text == "(":
+            self.take()
+            inner = self.parse_expr()
+            self.expect("punct", ")")
+            return inner
+        if tok.kind != "word" or tok.text in _KEYWORDS:
+            raise self.error(f"expected a condition, found {tok.text or 'end'!r}")
+        nxt = self.peek(1)
+        # a bare macro name (not followed by an operator)
+        if tok.text in self.c.macros and not self._starts_comparison(nxt):
+            self.take()
+            return self.c.macro(tok.text)
+        left = self.parse_operand()
+        nxt = self.peek()
+        if nxt.kind == "op" or (nxt.kind == "word" and nxt.text in _BINARY_WORD_OPS):
+            return self.parse_comparison(left)
+        if nxt.kind == "word" and nxt.text == "exists":
+            self.take()
+            return lambda ctx: left(ctx) not in (None, [], "", {})
+        return lambda ctx: bool(left(ctx))
+
+    @staticmethod
+    def _starts_comparison(tok: _Tok) -> bool:
+        return tok.kind == "op" or (tok.kind == "word" and tok.text in (_BINARY_WORD_OPS | {"exists"}))
+
+    def parse_operand(self) -> ValueFn:
+        tok = self.take()
+        if tok.kind == "str":
+            return lambda ctx, _v=tok.text: _v
+        if tok.kind != "word":
+            raise self.error(f"expected a field, value or function, found {tok.text!r}", tok)
+        if self.peek().kind == "punct" and self.peek().text == "(" and tok.text in self.c.functions:
+            return self.parse_call(tok)
+        if is_field(tok.text):
+            getter = self.c._field(tok.text)
+            return lambda ctx: getter(ctx.event)
+        if self.peek().kind == "punct" and self.peek().text == "(":
+            raise self.error(f"unknown function {tok.text!r}", tok)
+        num = _as_number(tok.text)
+        literal: Any = tok.text if num is None else num
+        if tok.text in {"true", "false"}:
+            literal = tok.text == "true"
+        return lambda ctx, _v=literal: _v
+
+    def parse_call(self, name_tok: _Tok) -> ValueFn:
+        fn = self.c.functions[name_tok.text]
+        self.expect("punct", "(")
+        args: list[ValueFn] = []
+        if not (self.peek().kind == "punct" and self.peek().text == ")"):
+            while True:
+                if self.peek().kind == "punct" and self.peek().text == "(":
+                    items = self.parse_list()
+                    args.append(lambda ctx, _v=items: _v)
+                else:
+                    args.append(self.parse_operand())
+                if self.peek().kind == "punct" and self.peek().text == ",":
+                    self.take()
+                    continue
+                break
+        self.expect("punct", ")")
+        return lambda ctx: fn(ctx, *(a(ctx) for a in args))
+
+    def parse_list(self) -> list[Any]:
+        self.expect("punct", "(")
+        items: list[Any] = []
+        while not (self.peek().kind == "punct" and self.peek().text == ")"):
+            tok = self.take()
+            if tok.kind == "end":
+                raise self.error("unclosed list", tok)
+            if tok.kind == "punct" and tok.text == ",":
+                continue
+            if tok.kind == "word" and tok.text in self.c.lists:
+                items.extend(self.c.expand_list(tok.text))
+            elif tok.kind == "str":
+                items.append(tok.text)
+            else:
+                num = _as_number(tok.text)
+                items.append(tok.text if num is None else num)
+        self.take()
+        return items
+
+    def parse_comparison(self, left: ValueFn) -> Predicate:
+        op = self.take().text
+        if op in {"in", "pmatch"}:
+            if self.peek().kind == "word" and self.peek().text in self.c.lists:
+                items = self.c.expand_list(self.take().text)
+            else:
+                items = self.parse_list()
+            if op == "in":
+                members = set(items) | {str(i) for i in items}
+                return lambda ctx: _any(left(ctx), lambda v: v in members)
+            prefixes = tuple(str(i) for i in items)
+
+            def pmatch(v: Any) -> bool:
+                s = str(v)
+                return any(s == p.rstrip("/") or s.startswith(p if p.endswith("/") else p + "/") for p in prefixes)
+
+            return lambda ctx: _any(left(ctx), pmatch)
+        right = self.parse_operand()
+        tests: dict[str, Callable[[Any, Any], bool]] = {
+            "=": lambda a, b: a == b,
+            "!=": lambda a, b: a != b,
+            "<": lambda a, b: a < b,
+            "<=": lambda a, b: a <= b,
+            ">": lambda a, b: a > b,
+            ">=": lambda a, b: a >= b,
+            "startswith": lambda a, b: str(a).startswith(str(b)),
+            "endswith": lambda a, b: str(a).endswith(str(b)),
+            "contains": lambda a, b: str(b) in str(a),
+            "icontains": lambda a, b: str(b).lower() in str(a).lower(),
+            "glob": lambda a, b: fnmatch.fnmatchcase(str(a), str(b)),
+        }
+        test = tests[op]
+
+        def compare(ctx: Any) -> bool:
+            rv = right(ctx)
+            lv = left(ctx)
+            if op == "!=" and not isinstance(lv, list):
+                if lv is None:
+                    return rv is not None
+                a, b = _cmp_values(lv, rv)
+                return bool(a != b)
+
+            def one(v: Any) -> bool:
+                a, b = _cmp_values(v, rv)
+                try:
+                    return test(a, b)
+                except TypeError:
+                    return False
+
+            return _any(lv, one)
+
+        return compare

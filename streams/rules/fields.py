@@ -1,0 +1,157 @@
+"""Field paths of the rule language, resolved against a typed :class:`~schemas.records.Event`.
+
+A path is compiled once into a getter; rules never walk records by hand. Record fields are
+reached by name (``process.exe``, ``audit.request.containers.privileged``); a few computed
+fields (``process.name``, ``workload.key`` ...) save every rule from re-deriving them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable
+from typing import Any
+
+from schemas.errors import CadrError
+from schemas.records import Event
+
+__all__ = ["BLOCKS", "COMPUTED", "FieldError", "Getter", "compile_field", "is_field"]
+
+Getter = Callable[[Event], Any]
+
+
+class FieldError(CadrError):
+    """A rule names a field that does not exist."""
+
+
+#: the event's blocks; ``x.y`` where x is one of these is a field path
+BLOCKS = {"workload", "process", "file", "network", "dns", "privilege", "audit", "health"}
+TOP_LEVEL = {"event_id", "time", "node", "source", "kind", "enriched", "replayed", "schema_version"}
+
+
+def _process_name(e: Event) -> str | None:
+    p = e.process
+    if p is None:
+        return None
+    return posixpath.basename(p.exe) if p.exe else p.comm
+
+
+def _process_cmdline(e: Event) -> str | None:
+    p = e.process
+    if p is None:
+        return None
+    return " ".join(p.args) if p.args else (p.exe or p.comm)
+
+
+def _parent_name(e: Event) -> str | None:
+    p = e.process
+    return posixpath.basename(p.parent_exe) if p is not None and p.parent_exe else None
+
+
+def _file_name(e: Event) -> str | None:
+    return posixpath.basename(e.file.path) if e.file is not None else None
+
+
+def _file_dir(e: Event) -> str | None:
+    return posixpath.dirname(e.file.path) if e.file is not None else None
+
+
+def _user_is_sa(e: Event) -> bool:
+    return e.audit is not None and e.audit.user.startswith("system:serviceaccount:")
+
+
+def _sa_part(index: int) -> Getter:
+    def get(e: Event) -> str | None:
+        if not _user_is_sa(e):
+            return None
+        assert e.audit is not None
+        parts = e.audit.user.split(":")
+        return parts[index] if len(parts) == 4 else None
+
+    return get
+
+
+COMPUTED: dict[str, Getter] = {
+    "process.name": _process_name,
+    "process.cmdline": _process_cmdline,
+    "process.parent_name": _parent_name,
+    "process.argc": lambda e: len(e.process.args) if e.process is not None else None,
+    "file.name": _file_name,
+    "file.dir": _file_dir,
+    "workload.key": lambda e: e.workload.key(),
+    "workload.is_host": lambda e: e.workload.is_host,
+    "workload.in_container": lambda e: not e.workload.is_host,
+    "audit.user_is_sa": _user_is_sa,
+    "audit.sa_namespace": _sa_part(2),
+    "audit.sa_name": _sa_part(3),
+}
+
+
+def is_field(name: str) -> bool:
+    """Whether ``name`` looks like a field path (so a bare word is not taken as a string)."""
+    head = name.split(".", 1)[0]
+    return name in COMPUTED or name in TOP_LEVEL or (head in BLOCKS and "." in name) or head in BLOCKS
+
+
+def _navigate(value: Any, keys: list[str]) -> Any:
+    """Walk dict keys; across lists, collect every element's value (flattened)."""
+    for key in keys:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            value = value.get(key)
+        elif isinstance(value, list):
+            out: list[Any] = []
+            for item in value:
+                got = _navigate(item, [key])
+                if isinstance(got, list):
+                    out.extend(got)
+                elif got is not None:
+                    out.append(got)
+            value = out
+        else:
+            value = getattr(value, key, None)
+    return value
+
+
+def compile_field(path: str) -> Getter:
+    """Compile a field path into a getter; raises :class:`FieldError` for unknown paths."""
+    if path in COMPUTED:
+        return COMPUTED[path]
+    if path in TOP_LEVEL:
+        return lambda e, _n=path: getattr(e, _n)
+    parts = path.split(".")
+    block = parts[0]
+    if block not in BLOCKS:
+        raise FieldError(f"unknown field {path!r}")
+    if len(parts) == 1:
+        return lambda e, _b=block: getattr(e, _b)
+    # validate the first attribute against the record type so typos fail at load time
+    from schemas import records
+
+    block_type = {
+        "workload": records.Workload,
+        "process": records.Process,
+        "file": records.File,
+        "network": records.Network,
+        "dns": records.Dns,
+        "privilege": records.Privilege,
+        "audit": records.Audit,
+        "health": records.SensorHealth,
+    }[block]
+    attr = parts[1]
+    if attr not in block_type.__struct_fields__:
+        raise FieldError(f"unknown field {path!r}: {block_type.__name__} has no {attr!r}")
+    rest = parts[2:]
+    if not rest:
+
+        def get_attr(e: Event, _b: str = block, _a: str = attr) -> Any:
+            obj = getattr(e, _b)
+            return None if obj is None else getattr(obj, _a)
+
+        return get_attr
+
+    def get_nested(e: Event, _b: str = block, _a: str = attr, _r: list[str] = rest) -> Any:
+        obj = getattr(e, _b)
+        return None if obj is None else _navigate(getattr(obj, _a), _r)
+
+    return get_nested

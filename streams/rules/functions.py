@@ -1,0 +1,115 @@
+"""Functions a rule condition may call: the only doors to the baseline and detect state.
+
+Rules say ``not baseline.seen_exec()`` or ``state.written(process.exe)``; what those mean
+lives here and in the objects the detect stage puts on the context, so a rule never
+touches raw state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol
+
+from schemas.records import Event
+
+__all__ = ["FUNCTIONS", "BaselineView", "DetectState", "EvalContext"]
+
+
+class BaselineView(Protocol):
+    """What the baseline stage answers about one workload's learned profile."""
+
+    def ready(self) -> bool: ...
+    def seen_exec(self, event: Event) -> bool: ...
+    def seen_args(self, event: Event) -> bool: ...
+    def seen_file(self, event: Event) -> bool: ...
+    def seen_egress(self, event: Event) -> bool: ...
+    def seen_dns(self, event: Event) -> bool: ...
+    def seen_listen(self, event: Event) -> bool: ...
+    def seen_privilege(self, event: Event) -> bool: ...
+
+
+class DetectState(Protocol):
+    """Short-lived facts the detect stage remembers per container (e.g. files written)."""
+
+    def written(self, event: Event, path: str) -> bool: ...
+
+
+@dataclass
+class EvalContext:
+    """Everything a condition may look at for one event."""
+
+    event: Event
+    baseline: BaselineView | None = None
+    state: DetectState | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=65536)
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+@lru_cache(maxsize=1024)
+def _net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text, strict=False)
+
+
+def _net_private(ctx: EvalContext, ip: Any) -> bool:
+    addr = _ip(str(ip)) if ip else None
+    return bool(addr is not None and (addr.is_private or addr.is_loopback or addr.is_link_local))
+
+
+def _net_loopback(ctx: EvalContext, ip: Any) -> bool:
+    addr = _ip(str(ip)) if ip else None
+    return bool(addr is not None and addr.is_loopback)
+
+
+def _net_in(ctx: EvalContext, ip: Any, cidrs: Any) -> bool:
+    addr = _ip(str(ip)) if ip else None
+    if addr is None:
+        return False
+    items = cidrs if isinstance(cidrs, list) else [cidrs]
+    return any(addr.version == _net(str(c)).version and addr in _net(str(c)) for c in items)
+
+
+def _baseline(method: str) -> Callable[[EvalContext], bool]:
+    def call(ctx: EvalContext) -> bool:
+        # Without a complete baseline, "seen" is true: anomaly rules stay silent while learning.
+        if ctx.baseline is None or not ctx.baseline.ready():
+            return True
+        return bool(getattr(ctx.baseline, method)(ctx.event))
+
+    return call
+
+
+def _baseline_ready(ctx: EvalContext) -> bool:
+    return ctx.baseline is not None and ctx.baseline.ready()
+
+
+def _state_written(ctx: EvalContext, path: Any) -> bool:
+    return ctx.state is not None and bool(path) and ctx.state.written(ctx.event, str(path))
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "baseline.ready": _baseline_ready,
+    "baseline.seen_exec": _baseline("seen_exec"),
+    "baseline.seen_args": _baseline("seen_args"),
+    "baseline.seen_file": _baseline("seen_file"),
+    "baseline.seen_egress": _baseline("seen_egress"),
+    "baseline.seen_dns": _baseline("seen_dns"),
+    "baseline.seen_listen": _baseline("seen_listen"),
+    "baseline.seen_privilege": _baseline("seen_privilege"),
+    "state.written": _state_written,
+    "net.private": _net_private,
+    "net.loopback": _net_loopback,
+    "net.in": _net_in,
+}

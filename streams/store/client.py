@@ -1,0 +1,181 @@
+"""Open clickhouse-connect clients for a store DSN: ``chdb:///<dir>`` (embedded) or ``http(s)://host:port``.
+
+Every ClickHouse call in cadr goes through clickhouse-connect, so the embedded engine and a server are used
+through the same API. Read-only clients are read-only *at the server*: the ``readonly`` setting is applied to
+the connection, and ClickHouse refuses writes, DDL, SYSTEM, table functions that touch files or URLs, and any
+attempt to lower the setting again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+
+from streams.store.errors import QueryError, StoreError, StoreLockedError, StoreUnavailableError
+
+__all__ = [
+    "Client",
+    "StoreTarget",
+    "chdb_dir_locked",
+    "client_for",
+    "open_client",
+    "parse_dsn",
+    "wrap_error",
+]
+
+log = logging.getLogger(__name__)
+
+#: query limits applied to read-only sessions (a forensic query should not take the store down)
+READONLY_LIMITS: dict[str, Any] = {"max_execution_time": 300}
+
+@dataclass(frozen=True)
+class StoreTarget:
+    """A parsed store DSN."""
+
+    dsn: str
+    kind: str  # "chdb" | "http"
+    path: str = ""  # data directory for chdb
+
+    @property
+    def embedded(self) -> bool:
+        return self.kind == "chdb"
+
+
+def parse_dsn(dsn: str) -> StoreTarget:
+    """Classify a DSN; chdb paths are made absolute (chdb compares engine paths literally)."""
+    parsed = urlparse(dsn)
+    if parsed.scheme == "chdb":
+        location = parsed.netloc + parsed.path if parsed.netloc not in ("", "memory", ":memory:") else ""
+        if parsed.netloc in ("memory", ":memory:"):
+            return StoreTarget(dsn=dsn, kind="chdb", path="")
+        if not location:
+            raise StoreError(f"store DSN {dsn!r} names no directory (use chdb:///absolute/path)")
+        path = os.path.realpath(location)
+        return StoreTarget(dsn=f"chdb://{path}", kind="chdb", path=path)
+    if parsed.scheme in ("http", "https", "clickhouse", "clickhouses"):
+        return StoreTarget(dsn=dsn, kind="http")
+    raise StoreError(f"store DSN {dsn!r}: scheme must be chdb, http or https")
+
+
+def chdb_dir_locked(path: str) -> bool:
+    """True when another process holds the embedded engine lock of ``path``.
+
+    ClickHouse locks ``<dir>/status`` with ``flock``; probing with a non-blocking shared attempt tells whether
+    an owner exists without taking the directory (the probe's lock is released at once).
+    """
+    import fcntl
+
+    status = Path(path) / "status"
+    if not status.exists():
+        return False
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def wrap_error(exc: BaseException, what: str) -> StoreError:
+    """Translate a clickhouse-connect error into cadr's error tree (the caller raises it ``from exc``)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, OperationalError) and not _is_server_error(text):
+        return StoreUnavailableError(f"{what}: store unavailable: {first}")
+    if "Cannot lock file" in text or "Another server instance" in text:
+        return StoreLockedError(f"{what}: {first}")
+    if isinstance(exc, (DatabaseError, ClickHouseError)):
+        return QueryError(f"{what}: {_clean(text)}")
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return StoreUnavailableError(f"{what}: store unavailable: {first}")
+    return StoreError(f"{what}: {first}")
+
+
+def _is_server_error(text: str) -> bool:
+    # A server-side exception ("Code: 60. DB::Exception ...") came back over a working connection.
+    return "Code: " in text and "DB::Exception" in text
+
+
+def _clean(text: str) -> str:
+    # clickhouse-connect wraps the server text in a long preamble; keep the ClickHouse part, one line per cause.
+    idx = text.find("Code: ")
+    core = text[idx:] if idx >= 0 else text
+    core = core.split("\n\n")[0]
+    return " ".join(core.split())
+
+
+def open_client(
+    dsn: str,
+    *,
+    database: str | None = None,
+    readonly: bool = False,
+    settings: Mapping[str, Any] | None = None,
+    connect_timeout: float = 10.0,
+    send_receive_timeout: float = 300.0,
+) -> Client:
+    """A clickhouse-connect client for ``dsn``.
+
+    ``readonly=True`` makes the *connection* read-only at the server: ``readonly=1`` on the chdb handle (no
+    writes, no DDL, no setting changes), ``readonly=2`` over HTTP (no writes or DDL; the client may still
+    pass harmless settings such as its own compression flags, but never lower ``readonly``).
+    """
+    target = parse_dsn(dsn)
+    merged: dict[str, Any] = dict(settings or {})
+    try:
+        if target.embedded:
+            if readonly:
+                # Order matters: limits first, then readonly (after it, no setting can change on this handle).
+                merged = {**READONLY_LIMITS, **merged, "readonly": 1}
+            # USE of a database that does not exist yet fails; the migration runner creates it.
+            return clickhouse_connect.get_client(
+                dsn=target.dsn if target.path else "chdb://memory", database=database, settings=merged
+            )
+        if readonly:
+            merged = {**READONLY_LIMITS, **merged, "readonly": 2}
+        return clickhouse_connect.get_client(
+            dsn=target.dsn,
+            database=database,
+            settings=merged,
+            connect_timeout=connect_timeout,
+            send_receive_timeout=send_receive_timeout,
+            autogenerate_session_id=False,
+            query_retries=0,
+        )
+    except ClickHouseError as exc:
+        if target.embedded and target.path and chdb_dir_locked(target.path):
+            raise StoreLockedError(
+                f"store directory {target.path} is owned by another process (cadr up / cadr worker)"
+            ) from exc
+        raise wrap_error(exc, f"connecting to {target.dsn}") from exc
+    except RuntimeError as exc:
+        raise wrap_error(exc, f"connecting to {target.dsn}") from exc
+
+
+@contextlib.contextmanager
+def client_for(dsn: str, **kwargs: Any) -> Iterator[Client]:
+    """``open_client`` as a context manager that closes the client (and frees a chdb engine path)."""
+    client = open_client(dsn, **kwargs)
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
