@@ -413,7 +413,9 @@ def alert_to_ocsf(alert: Alert, *, product_version: str = "") -> dict[str, Any]:
         "is_alert": True,
         "finding_info": finding_info,
         "resources": [_resource(alert.workload)],
-        "metadata": _metadata(f"{alert.alert_id}:{alert.count}", alert.dedup_key or alert.alert_id, product_version),
+        "metadata": _metadata(
+            f"{alert.alert_id}:{alert.count}", alert.dedup_key or alert.alert_id, product_version
+        ),
     }
     if evidences:
         out["evidences"] = evidences

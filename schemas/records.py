@@ -21,7 +21,6 @@ __all__ = [
     "DeadLetter",
     "AlertRef",
     "Audit",
-    "DeadLetter",
     "Dns",
     "Edge",
     "Event",
@@ -33,6 +32,8 @@ __all__ = [
     "Privilege",
     "Process",
     "Profile",
+    "ProfileEdit",
+    "ProfileEditOp",
     "ProfileStatus",
     "SensorHealth",
     "Severity",
@@ -383,30 +384,46 @@ class Profile(Struct, kw_only=True, omit_defaults=True):
     revision: int = 0
     execs: dict[PathStr, list[PathStr]] = {}
     files: list[PathStr] = []
+    #: patterns of files opened for writing (a subset of ``files``): a write is "seen" only
+    #: when a write was learned, a read when any access was
+    writes: list[PathStr] = []
     egress: list[ShortStr] = []
     dns: list[ShortStr] = []
     listen_ports: list[int] = []
     privileges: list[ShortStr] = []
+    #: learning began on a container that was already running and no container start has
+    #: been seen since, so start-up behaviour may be missing: learning ends as ``partial``
+    started_mid_run: bool = False
 
 
-class DeadLetter(Struct, kw_only=True, omit_defaults=True):
-    """Rejected input on ``cadr.dlq``, with the reason, so nothing is dropped silently.
+class ProfileEditOp(enum.StrEnum):
+    """What a user edit does to a profile."""
 
-    ``payload`` is the original bytes as text (truncated to a bound so one hostile body cannot
-    flood the DLQ); ``payload_b64`` says it is base64 because the bytes were not valid UTF-8.
-    ``topic``/``partition``/``offset`` say where a stage read it; sensors leave them empty and
-    name themselves in ``stage`` (``audit.webhook``, ``audit.tailer``, ``enrich`` ...).
-    """
+    #: add the entries of ``ProfileEdit.profile`` (an allow-list widening; learned entries stay)
+    ALLOW = "allow"
+    #: replace the profile with ``ProfileEdit.profile`` (restore of a ``cadr profiles export``)
+    REPLACE = "replace"
+    #: forget everything and learn again from the next event
+    RELEARN = "relearn"
+
+
+class ProfileEdit(Struct, kw_only=True, omit_defaults=True):
+    """A user's change to a baseline (``cadr profiles allow/import/relearn``), on the
+    ``profile-edits`` topic keyed by workload key so it reaches the worker that owns the
+    workload's events. ``container == ""`` means every container profile of the workload."""
 
     schema_version: int = SCHEMA_VERSION
+    edit_id: Annotated[str, Meta(min_length=1, max_length=128)]
     time: TimeNs
-    stage: ShortStr
-    reason: PathStr
-    topic: ShortStr = ""
-    partition: int | None = None
-    offset: int | None = None
-    payload: Annotated[str, Meta(max_length=1 << 20)] = ""
-    payload_b64: bool = False
+    op: ProfileEditOp
+    workload_key: ShortStr
+    container: ShortStr = ""
+    #: entries to add (allow) or the whole profile (replace); unused for relearn
+    profile: Profile | None = None
+    #: status to set after the edit (import of a finished profile sets ``complete``)
+    status: ProfileStatus | None = None
+    user: ShortStr = ""
+    reason: PathStr = ""
 
 
 class DeadLetter(Struct, kw_only=True, omit_defaults=True):

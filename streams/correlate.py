@@ -457,6 +457,8 @@ class Correlator:
 
 def register(cadr_app: object) -> None:
     """Add the correlate agent: alerts → incidents, stories and links in Faust tables."""
+    import faust
+
     from schemas.codec import decode, decode_alert, encode
     from schemas.errors import RecordError
     from streams.app import CadrApp
@@ -468,8 +470,8 @@ def register(cadr_app: object) -> None:
     parts = settings.kafka.partitions
     # use_partitioner: the idle-close timer writes outside any stream event. Stories of a
     # cluster must then live on one worker: run correlate in a single worker per cluster.
-    stories_table = app.Table("cadr-stories", key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=parts, use_partitioner=True)
-    links_table = app.Table("cadr-links", key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=parts, use_partitioner=True)
+    stories_table = app.Table("cadr-stories", schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"), partitions=parts, use_partitioner=True)
+    links_table = app.Table("cadr-links", schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"), partitions=parts, use_partitioner=True)
     correlator = Correlator(
         settings=settings.correlate,
         stories=RecordTable(stories_table, lambda b: decode(b, StoryState, max_bytes=64 << 20)),

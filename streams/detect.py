@@ -211,6 +211,8 @@ def scan_events(events: Iterable[Event], settings: DetectSettings | None = None,
 
 def register(cadr_app: object) -> None:
     """Add the detect agent: events → alerts, with profiles in a Faust table."""
+    import faust
+
     from schemas.codec import decode_event, decode_profile, encode
     from schemas.errors import RecordError
     from streams.app import CadrApp
@@ -221,10 +223,7 @@ def register(cadr_app: object) -> None:
     app = cadr_app.app
     table = app.Table(
         "cadr-profiles",
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
         partitions=settings.kafka.partitions,
         use_partitioner=True,
     )

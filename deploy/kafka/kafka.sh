@@ -100,6 +100,11 @@ share.coordinator.state.topic.min.isr=1
 num.partitions=1
 auto.create.topics.enable=true
 
+# Fast restarts: after an unclean stop (kill -9) the new incarnation cannot register until the old broker session
+# expires (default 9 s).
+broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
+
 # Fast consumer-group joins: no initial rebalance delay; allow the short session timeouts tests use.
 group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
@@ -130,10 +135,12 @@ cmd_format() {
   # Static quorum (controller.quorum.voters): format stores no listener address, so the ports are free to change
   # between runs; these two are placeholders.
   write_config "$data" 9092 9093 >"$data/format.properties"
+  # A cluster id is 16 random bytes in unpadded URL-safe base64 (what `kafka-storage.sh random-uuid` prints);
+  # made here to spare a JVM start.
   local cluster_id
-  cluster_id="$(KAFKA_HEAP_OPTS="-Xmx256m" jvm kafka.tools.StorageTool "$data/logs" random-uuid)"
-  (KAFKA_HEAP_OPTS="-Xmx256m" jvm kafka.tools.StorageTool "$data/logs" \
-    format --cluster-id "$cluster_id" --config "$data/format.properties" >&2)
+  cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+  (KAFKA_HEAP_OPTS="-Xmx256m" KAFKA_OPTS="-XX:TieredStopAtLevel=1 ${KAFKA_OPTS:-}" \
+    jvm kafka.tools.StorageTool "$data/logs" format --cluster-id "$cluster_id" --config "$data/format.properties" >&2)
   rm -f "$data/format.properties"
 }
 

@@ -58,6 +58,7 @@ def dead_letter(
         offset=offset,
         payload=text,
         payload_b64=b64,
+        payload_bytes=len(raw),
     )
 
 

@@ -179,6 +179,9 @@ def normalize(
     response_obj = raw.get("responseObject")
     query = _query(request_uri) if subresource in _QUERY_SUBRESOURCES else {}
     request = extract_request(resource, subresource, request_obj, response_obj, query)
+    if not resource:
+        # a non-resource URL (/healthz, /version, /apis): rules match the path without the query
+        request["path"] = request_uri.partition("?")[0]
 
     # Pods created from a template have no name until the API server generates it.
     if not name and resource == "pods" and isinstance(response_obj, dict):

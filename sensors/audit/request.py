@@ -31,6 +31,7 @@ any
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 __all__ = ["CREDENTIAL_MARKERS", "extract_request", "image_repository", "owner_workload"]
@@ -233,7 +234,10 @@ def _pod_spec(pod: dict[str, Any], out: dict[str, Any]) -> None:
     out["host_network"] = spec.get("hostNetwork") is True
     out["host_pid"] = spec.get("hostPID") is True
     out["host_ipc"] = spec.get("hostIPC") is True
-    out["host_paths"] = [_s(_d(v.get("hostPath")).get("path")) for v in volumes if "hostPath" in v]
+    # normpath: "/etc/", "//etc" and "/var/../etc" are all /etc to a rule
+    out["host_paths"] = [
+        _norm_path(_s(_d(v.get("hostPath")).get("path"))) for v in volumes if "hostPath" in v
+    ]
     out["volume_types"] = sorted({k for v in volumes for k in v if k != "name"})
     out["ephemeral_containers"] = [c["name"] for c in containers if c["kind"] == "ephemeral"]
     if isinstance(pod_ctx.get("runAsUser"), int):
@@ -245,6 +249,13 @@ def _pod_spec(pod: dict[str, Any], out: dict[str, Any]) -> None:
         out["node_name"] = _s(spec["nodeName"])
     if isinstance(spec.get("automountServiceAccountToken"), bool):
         out["automount_sa_token"] = spec["automountServiceAccountToken"]
+
+
+def _norm_path(path: str) -> str:
+    if not path:
+        return path
+    norm = posixpath.normpath(path)
+    return "/" + norm.lstrip("/") if norm.startswith("/") else norm
 
 
 def _role(obj: dict[str, Any], out: dict[str, Any]) -> None:

@@ -87,6 +87,17 @@ class _OpenFile:
         self.dev, self.inode = st.st_dev, st.st_ino
         self.offset = offset
         self.discarding = False  # inside an over-long line: skip to the next newline
+        self.head: str | None = None  # fingerprint of the first _FP_BYTES, once the file has them
+
+    def head_changed(self) -> bool:
+        """Whether the file's first bytes changed since first seen (truncated and rewritten)."""
+        if os.fstat(self.fd).st_size < _FP_BYTES:
+            return self.head is not None
+        current = _fingerprint(self.fd, _FP_BYTES)
+        if self.head is None:
+            self.head = current
+            return False
+        return current != self.head
 
     def position(self) -> Position:
         fp_len = min(os.fstat(self.fd).st_size, _FP_BYTES)
@@ -238,26 +249,31 @@ class AuditLogTailer:
         self._started = True
         return True
 
-    def _check_rotation(self) -> None:
+    def _check_rotation(self) -> bool:
         """Called at EOF of the current file: has the path moved on to a new file, or been truncated?"""
         cur = self._current
         assert cur is not None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return  # renamed, new one not created yet: keep draining the old descriptor
+            return False  # renamed, new one not created yet: keep draining the old descriptor
         if (st.st_dev, st.st_ino) != (cur.dev, cur.inode):
             new = self._open(self.path)
             if new is None:
-                return
+                return False
             self.stats.rotations += 1
             log.info("audit log %s rotated; finishing the old file first", self.path)
             self._backlog.append(cur)
             self._current = new
-        elif st.st_size < cur.offset:
+            return True
+        elif st.st_size < cur.offset or cur.head_changed():
             self.stats.truncations += 1
             log.info("audit log %s was truncated; reading it again from the start", self.path)
             cur.offset = 0
+            cur.head = None
+            cur.discarding = False
+            return True
+        return False
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -283,6 +299,11 @@ class AuditLogTailer:
                 line = chunk[start:nl]
                 if discarding:
                     discarding = False
+                elif len(line) > self.max_line_bytes:
+                    reason = (
+                        f"line at offset {offset + start} of {f.path} is over {self.max_line_bytes} bytes"
+                    )
+                    dead.append((b"", encode(dead_letter(STAGE, reason, line))))
                 elif line.strip():
                     lines.append(line)
                 start = nl + 1
@@ -364,9 +385,7 @@ class AuditLogTailer:
             await asyncio.to_thread(self._save_position, self._current)
         assert self._current is not None
         done += await self._process(self._current, final=False)
-        before = self._current
-        self._check_rotation()
-        if self._backlog or self._current is not before:
+        if self._check_rotation():
             done += await self.poll_once()
         return done
 

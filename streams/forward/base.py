@@ -52,15 +52,19 @@ OK = ItemResult(Status.OK)
 class Destination(abc.ABC):
     """One configured destination (a Splunk HEC, an Elasticsearch cluster, ...)."""
 
+    #: the receiver processes a request's items independently (a bulk API answering per
+    #: item), so one request must not carry two revisions of one incident
+    independent_items: bool = False
+
     def __init__(self, cfg: DestinationConfig, *, node: str = "") -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.node = node
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, most senders connect lazily
         """Open sessions or connections (called once before the first send)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions and connections."""
 
     @abc.abstractmethod

@@ -404,7 +404,7 @@ def _filter(t: _Table | None) -> FilterConfig:
 
 def _options(kind: str, t: _Table) -> Options:
     if kind == "splunk_hec":
-        o: Options = SplunkOptions(
+        o = SplunkOptions(
             url=_url(t),
             token=t.text("token"),
             token_file=t.text("token_file"),
@@ -453,7 +453,7 @@ def _options(kind: str, t: _Table) -> Options:
         )
         for key, value in (("app_name", so.app_name), ("hostname", so.hostname), ("sd_id", so.sd_id)):
             if any(c.isspace() or not c.isprintable() for c in value) or any(c in value for c in '="]'):
-                raise ForwardConfigError(f"{t.where}.{key}: must be printable ASCII without spaces, = \" ]")
+                raise ForwardConfigError(f'{t.where}.{key}: must be printable ASCII without spaces, = " ]')
         if not so.sd_id:
             raise ForwardConfigError(f"{t.where}.sd_id: must not be empty")
         return so
@@ -558,9 +558,13 @@ def parse_forward_config(raw: Mapping[str, Any], *, topic_prefix: str = "cadr.")
     items = t.data.pop("destinations", [])
     t.done()
     if not isinstance(items, list):
-        raise ForwardConfigError("forward.destinations: expected an array of tables ([[forward.destinations]])")
+        raise ForwardConfigError(
+            "forward.destinations: expected an array of tables ([[forward.destinations]])"
+        )
     dests = tuple(
-        parse_destination(item, f"forward.destinations[{i}]", topic_prefix=topic_prefix, group_prefix=group_prefix)
+        parse_destination(
+            item, f"forward.destinations[{i}]", topic_prefix=topic_prefix, group_prefix=group_prefix
+        )
         for i, item in enumerate(items)
     )
     seen: set[str] = set()

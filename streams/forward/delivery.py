@@ -7,9 +7,10 @@ This is the whole delivery policy, independent of Kafka and of the wire protocol
   run in parallel, each sending its requests one after the other.
 - A request that fails transiently is sent again, after an exponential backoff with
   jitter, until it is acknowledged (``max_attempts = 0``, the default, never gives up).
-- When a bulk reply says some items failed, those are sent again together with every
-  later item of the same incident in that request, so the last revision to arrive is
-  the newest one even where the receiver stores updates by key.
+- Where the receiver processes the items of a request independently (bulk APIs), a
+  request carries at most one revision per incident, so a revision waiting for its
+  retry never lets a later one overtake it. When a reply says some items failed, those
+  are sent again (with any later item of the same incident in that request).
 - A request refused as a whole for its content is halved until the record at fault
   stands alone; a record the destination refuses is dead-lettered with the reply.
 
@@ -31,12 +32,17 @@ from streams.forward.metrics import DestinationMetrics
 from streams.forward.payload import Item
 from streams.forward.retry import Backoff
 
-__all__ = ["DeadLetter", "Deliverer", "chunks", "lanes", "retry_set"]
+__all__ = ["DeadLetter", "Deliverer", "chunks", "lane_of", "lanes", "retry_set"]
 
 log = logging.getLogger(__name__)
 
 #: called with (item, reason, reply) and must not return before the dead letter is stored
 DeadLetter = Callable[[Item, str, Any], Awaitable[None]]
+
+
+def lane_of(key: str, n: int) -> int:
+    """The lane (0..n-1) of a key: stable across processes, so also across restarts."""
+    return zlib.crc32(key.encode()) % n if n > 1 else 0
 
 
 def lanes(items: Sequence[Item], n: int) -> list[list[Item]]:
@@ -45,25 +51,38 @@ def lanes(items: Sequence[Item], n: int) -> list[list[Item]]:
         return [list(items)] if items else []
     out: list[list[Item]] = [[] for _ in range(n)]
     for item in items:
-        out[zlib.crc32(item.key.encode()) % n].append(item)
+        out[lane_of(item.key, n)].append(item)
     return [lane for lane in out if lane]
 
 
 def chunks(
-    items: Sequence[Item], max_items: int, max_bytes: int, size: Callable[[Item], int]
+    items: Sequence[Item],
+    max_items: int,
+    max_bytes: int,
+    size: Callable[[Item], int],
+    *,
+    distinct_keys: bool = False,
 ) -> Iterator[list[Item]]:
     """Consecutive requests of at most ``max_items`` items and ``max_bytes`` bytes.
 
     An item larger than ``max_bytes`` goes alone (the destination decides whether it fits).
+    With ``distinct_keys`` a request holds at most one revision per incident: where a
+    receiver processes the items of a request independently (bulk APIs), a later
+    revision could otherwise be stored while an earlier one waits for its retry.
     """
     batch: list[Item] = []
+    keys: set[str] = set()
     total = 0
     for item in items:
         n = size(item)
-        if batch and (len(batch) >= max_items or total + n > max_bytes):
+        if batch and (
+            len(batch) >= max_items or total + n > max_bytes or (distinct_keys and item.key in keys)
+        ):
             yield batch
             batch, total = [], 0
+            keys.clear()
         batch.append(item)
+        keys.add(item.key)
         total += n
     if batch:
         yield batch
@@ -118,7 +137,8 @@ class Deliverer:
 
     async def _lane(self, items: list[Item]) -> None:
         size = self._size
-        for batch in chunks(items, self.cfg.batch_size, self.cfg.batch_bytes, size):
+        distinct = self.dest.independent_items
+        for batch in chunks(items, self.cfg.batch_size, self.cfg.batch_bytes, size, distinct_keys=distinct):
             await self._request(batch)
 
     def _size(self, item: Item) -> int:

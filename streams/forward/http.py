@@ -14,7 +14,6 @@ Status classes (one table for all HTTP destinations, so they behave alike):
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import ssl
 import time
@@ -146,7 +145,7 @@ class HttpDestination(Destination):
             ) as resp:
                 data = await resp.read()
                 return Reply(resp.status, data, resp.headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransientError(f"{self.cfg.type} {self.describe()}: {type(exc).__name__}: {exc}") from exc
 
     def describe(self) -> str:

@@ -102,10 +102,13 @@ class ForwardMetrics:
         lines.append("# HELP cadr_forward_up 1 when the last request to the destination succeeded")
         lines.append("# TYPE cadr_forward_up gauge")
         lines.extend(f"cadr_forward_up{{{_labels(d)}}} {int(d.up)}" for d in dests)
-        lines.append("# HELP cadr_forward_last_success_timestamp_seconds time of the last acknowledged request")
+        lines.append(
+            "# HELP cadr_forward_last_success_timestamp_seconds time of the last acknowledged request"
+        )
         lines.append("# TYPE cadr_forward_last_success_timestamp_seconds gauge")
         lines.extend(
-            f"cadr_forward_last_success_timestamp_seconds{{{_labels(d)}}} {d.last_success_time:.3f}" for d in dests
+            f"cadr_forward_last_success_timestamp_seconds{{{_labels(d)}}} {d.last_success_time:.3f}"
+            for d in dests
         )
         return "\n".join(lines) + "\n"
 

@@ -99,7 +99,8 @@ def record_time_ns(record: Record) -> int:
 
 def rfc3339(ns: int) -> str:
     """UTC RFC 3339 timestamp with microseconds (``2026-11-27T10:00:00.123456Z``)."""
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds, rest = divmod(ns, 1_000_000_000)  # integers: a float would round the microseconds
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{rest // 1000:06d}Z"
 
 
 def _any(values: list[str], globs: tuple[str, ...]) -> bool:
@@ -156,7 +157,12 @@ def format_payload(record: Record, fmt: str, extra_fields: dict[str, Any] | None
             out = alert_to_ocsf(record, product_version=PRODUCT_VERSION)
     else:
         out = to_dict(record)
-        out["record_type"] = "incident" if isinstance(record, Incident) else "alert"
+        # omit_defaults drops revision 1 / status open / count 1; a receiver dedups and
+        # filters on them, so they are always present here.
+        if isinstance(record, Incident):
+            out.update(record_type="incident", revision=record.revision, status=str(record.status))
+        else:
+            out.update(record_type="alert", count=record.count)
     if extra_fields:
         for k, v in extra_fields.items():
             out.setdefault(k, v)
@@ -225,4 +231,3 @@ def sample_incident(now_ns: int | None = None) -> Incident:
         ],
         edges=[Edge(src="cadr-test-e1", dst="cadr-test-e2", kind="exec_session")],
     )
-

@@ -109,9 +109,13 @@ class SplunkHec(HttpDestination):
                 return results
             raise BatchRejectedError(text, reply=reply.summary())
         if code in _RETRY_CODES:
-            raise TransientError(text, reply=reply.summary(), retry_after=retry_after(reply.headers.get("Retry-After")))
+            raise TransientError(
+                text, reply=reply.summary(), retry_after=retry_after(reply.headers.get("Retry-After"))
+            )
         if code in _CODE_TEXT:
-            raise TransientError(f"{text}: {_CODE_TEXT[code]} (check the HEC configuration)", reply=reply.summary())
+            raise TransientError(
+                f"{text}: {_CODE_TEXT[code]} (check the HEC configuration)", reply=reply.summary()
+            )
         reply.raise_for_status("HEC")
         raise TransientError(text, reply=reply.summary())
 
@@ -134,4 +138,3 @@ class SplunkHec(HttpDestination):
                 # (duplicates carry incident_id + revision) rather than risk losing them.
                 raise TransientError(f"HEC ackId {ack_id} not confirmed within {self.opts.ack_timeout_s}s")
             await asyncio.sleep(self.opts.ack_poll_interval_s)
-

@@ -242,7 +242,15 @@ class _Parser:
         if nxt.kind == "word" and nxt.text == "exists":
             self.take()
             return lambda ctx: left(ctx) not in (None, [], "", {})
+        if tok.kind == "word" and not self._is_value_source(tok):
+            # a bare word that is no macro, field or function would be a constant string and the
+            # condition silently always true: a misspelt macro name must fail at load instead
+            raise self.error(f"unknown macro or field {tok.text!r}", tok)
         return lambda ctx: bool(left(ctx))
+
+    def _is_value_source(self, tok: _Tok) -> bool:
+        """Whether a bare word stands for something evaluated per event (not a literal)."""
+        return is_field(tok.text) or tok.text in self.c.functions or tok.text in {"true", "false"}
 
     @staticmethod
     def _starts_comparison(tok: _Tok) -> bool:

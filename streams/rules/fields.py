@@ -8,8 +8,10 @@ fields (``process.name``, ``workload.key`` ...) save every rule from re-deriving
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from schemas.errors import CadrError
 from schemas.records import Event
@@ -42,9 +44,59 @@ def _process_cmdline(e: Event) -> str | None:
     return " ".join(p.args) if p.args else (p.exe or p.comm)
 
 
+_SHORT = 80
+
+
+def _process_cmdline_short(e: Event) -> str | None:
+    """The command line cut to a length that fits in a sentence (stories, titles)."""
+    line = _process_cmdline(e)
+    if line is None or len(line) <= _SHORT:
+        return line
+    return line[: _SHORT - 3].rstrip() + "..."
+
+
 def _parent_name(e: Event) -> str | None:
     p = e.process
     return posixpath.basename(p.parent_exe) if p is not None and p.parent_exe else None
+
+
+def _process_url(e: Event) -> str | None:
+    """What a download tool fetches: the first argument with a scheme, else the first operand
+    that looks like a host or path (``curl -o /tmp/x evil.example/x`` → ``evil.example/x``)."""
+    p = e.process
+    if p is None or len(p.args) < 2:
+        return None
+    operands = p.args[1:]
+    for arg in operands:
+        if "://" in arg:
+            return arg
+    for arg in operands:
+        if arg and not arg.startswith(("-", "/")) and ("." in arg or "/" in arg):
+            return arg
+    return None
+
+
+def _process_url_host(e: Event) -> str | None:
+    url = _process_url(e)
+    if url is None:
+        return None
+    try:
+        host = urlsplit(url if "://" in url else "//" + url).hostname
+    except ValueError:
+        return None
+    return host or None
+
+
+_PRELOAD_SPLIT = re.compile(r"[:\s]+")
+
+
+def _ld_preload(e: Event) -> list[str] | None:
+    """The LD_PRELOAD entries of an exec (ld.so accepts ``:`` and whitespace as separators)."""
+    p = e.process
+    value = p.env.get("LD_PRELOAD") if p is not None else None
+    if not value:
+        return None
+    return [x for x in _PRELOAD_SPLIT.split(value) if x] or None
 
 
 def _file_name(e: Event) -> str | None:
@@ -53,6 +105,15 @@ def _file_name(e: Event) -> str | None:
 
 def _file_dir(e: Event) -> str | None:
     return posixpath.dirname(e.file.path) if e.file is not None else None
+
+
+def _workload_label(e: Event) -> str:
+    """Where, for a sentence: ``ns/pod container c``, or ``host <node>`` for host processes."""
+    w = e.workload
+    if w.is_host:
+        return f"host {e.node}".strip()
+    where = f"{w.namespace}/{w.pod}" if w.namespace else (w.pod or w.container_id)
+    return f"{where} container {w.container}" if w.container else where
 
 
 def _user_is_sa(e: Event) -> bool:
@@ -73,13 +134,18 @@ def _sa_part(index: int) -> Getter:
 COMPUTED: dict[str, Getter] = {
     "process.name": _process_name,
     "process.cmdline": _process_cmdline,
+    "process.cmdline_short": _process_cmdline_short,
     "process.parent_name": _parent_name,
     "process.argc": lambda e: len(e.process.args) if e.process is not None else None,
+    "process.url": _process_url,
+    "process.url_host": _process_url_host,
+    "process.ld_preload": _ld_preload,
     "file.name": _file_name,
     "file.dir": _file_dir,
     "workload.key": lambda e: e.workload.key(),
     "workload.is_host": lambda e: e.workload.is_host,
     "workload.in_container": lambda e: not e.workload.is_host,
+    "workload.label": _workload_label,
     "audit.user_is_sa": _user_is_sa,
     "audit.sa_namespace": _sa_part(2),
     "audit.sa_name": _sa_part(3),

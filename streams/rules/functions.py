@@ -7,6 +7,7 @@ touches raw state.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,6 +100,44 @@ def _state_written(ctx: EvalContext, path: Any) -> bool:
     return ctx.state is not None and bool(path) and ctx.state.written(ctx.event, str(path))
 
 
+def _items(value: Any) -> list[str]:
+    """A value or list of values as strings (None and empty values dropped)."""
+    values = value if isinstance(value, list) else [value]
+    return [str(v) for v in values if v not in (None, "")]
+
+
+def _text_contains_any(ctx: EvalContext, value: Any, needles: Any) -> bool:
+    """Some value contains some needle (``contains`` against a list)."""
+    wanted = _items(needles)
+    return any(n in v for v in _items(value) for n in wanted)
+
+
+def _text_glob_any(ctx: EvalContext, value: Any, patterns: Any) -> bool:
+    """Some value matches some fnmatch pattern."""
+    globs = _items(patterns)
+    return any(fnmatch.fnmatchcase(v, g) for v in _items(value) for g in globs)
+
+
+def _text_glob_all(ctx: EvalContext, value: Any, patterns: Any) -> bool:
+    """Every value matches some pattern (true for no values): ``not text.glob_all(x, (ok))``
+    reads "some x is not in the known-good set"."""
+    globs = _items(patterns)
+    return all(any(fnmatch.fnmatchcase(v, g) for g in globs) for v in _items(value))
+
+
+def _dns_under(ctx: EvalContext, name: Any, domains: Any) -> bool:
+    """``name`` is one of ``domains`` or a subdomain of one (case-insensitive, trailing dot
+    ignored); ``evilnanopool.org`` is not under ``nanopool.org``."""
+    if not name:
+        return False
+    host = str(name).rstrip(".").lower()
+    for domain in _items(domains):
+        d = domain.rstrip(".").lower().lstrip(".")
+        if host == d or host.endswith("." + d):
+            return True
+    return False
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "baseline.ready": _baseline_ready,
     "baseline.seen_exec": _baseline("seen_exec"),
@@ -112,4 +151,8 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "net.private": _net_private,
     "net.loopback": _net_loopback,
     "net.in": _net_in,
+    "dns.under": _dns_under,
+    "text.contains_any": _text_contains_any,
+    "text.glob_any": _text_glob_any,
+    "text.glob_all": _text_glob_all,
 }

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 #: query limits applied to read-only sessions (a forensic query should not take the store down)
 READONLY_LIMITS: dict[str, Any] = {"max_execution_time": 300}
 
+
 @dataclass(frozen=True)
 class StoreTarget:
     """A parsed store DSN."""
@@ -55,9 +56,9 @@ def parse_dsn(dsn: str) -> StoreTarget:
     """Classify a DSN; chdb paths are made absolute (chdb compares engine paths literally)."""
     parsed = urlparse(dsn)
     if parsed.scheme == "chdb":
-        location = parsed.netloc + parsed.path if parsed.netloc not in ("", "memory", ":memory:") else ""
         if parsed.netloc in ("memory", ":memory:"):
             return StoreTarget(dsn=dsn, kind="chdb", path="")
+        location = parsed.netloc + parsed.path
         if not location:
             raise StoreError(f"store DSN {dsn!r} names no directory (use chdb:///absolute/path)")
         path = os.path.realpath(location)

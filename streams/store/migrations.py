@@ -56,7 +56,9 @@ class Migration:
         return hashlib.sha256(self.text.encode()).hexdigest()[:16]
 
     def statements(self, database: str, retention_days: int) -> list[str]:
-        text = self.text.replace("${database}", database).replace("${retention_days}", str(int(retention_days)))
+        text = self.text.replace("${database}", database).replace(
+            "${retention_days}", str(int(retention_days))
+        )
         if "${" in text:
             raise MigrationError(f"{self.path}: unknown placeholder {text[text.index('${') :][:30]!r}")
         return split_statements(text)
@@ -122,7 +124,9 @@ def apply_migrations(
             "(version UInt32, name String, checksum String, applied DateTime64(3, 'UTC') DEFAULT now64(3)) "
             "ENGINE = ReplacingMergeTree ORDER BY version"
         )
-        done = {int(row[0]) for row in client.query(f"SELECT version FROM {db}.schema_migrations").result_rows}
+        done = {
+            int(row[0]) for row in client.query(f"SELECT version FROM {db}.schema_migrations").result_rows
+        }
     except ClickHouseError as exc:
         raise wrap_error(exc, f"preparing database {db}") from exc
     applied: list[int] = []
@@ -134,7 +138,9 @@ def apply_migrations(
                 client.command(statement)
             except ClickHouseError as exc:
                 first = statement.splitlines()[0][:80]
-                raise MigrationError(f"{migration.path.name}: {first!r}: {wrap_error(exc, 'statement')}") from exc
+                raise MigrationError(
+                    f"{migration.path.name}: {first!r}: {wrap_error(exc, 'statement')}"
+                ) from exc
         try:
             client.insert(
                 f"{db}.schema_migrations",

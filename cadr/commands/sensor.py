@@ -1,0 +1,139 @@
+"""``cadr sensor <kind>``: run one sensor of this node.
+
+Kinds are sub-commands, each registered by its own ``_register_<kind>(sub)`` function:
+``ebpf`` (the kernel sensor, below) and ``audit`` (the Kubernetes audit intake, filled in
+by its owner in :func:`_register_audit`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+from cadr.config import Settings
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sensor",
+        help="run one sensor (ebpf, audit) publishing to Kafka",
+        description="Run one sensor of this node. Each kind publishes raw events to the cadr.raw topic.",
+    )
+    sub = parser.add_subparsers(dest="sensor_kind", metavar="KIND")
+    _register_ebpf(sub)
+    _register_audit(sub)
+    parser.set_defaults(handler=lambda args, settings: _no_kind(parser))
+
+
+def _no_kind(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+# ------------------------------------------------------------------------------------ ebpf
+
+
+def _register_ebpf(sub: Any) -> None:
+    p = sub.add_parser(
+        "ebpf",
+        help="the eBPF node sensor (needs root and kernel BTF)",
+        description=(
+            "Trace processes, file opens, connections, DNS queries and privilege changes with CO-RE "
+            "BPF programs on tracepoints, attribute them to containers and pods, and publish them to "
+            "Kafka (spooling to disk while Kafka is unreachable) or write JSON lines."
+        ),
+    )
+    p.add_argument(
+        "--kafka",
+        dest="sensor_kafka",
+        metavar="BOOTSTRAP",
+        help="Kafka bootstrap servers (default: the global --kafka / kafka.bootstrap setting)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="FILE|-",
+        help="write JSON lines to FILE (- = stdout) instead of publishing to Kafka (default: Kafka)",
+    )
+    p.add_argument("--topic", help="topic to publish to (default: <topic prefix>raw, i.e. cadr.raw)")
+    p.add_argument(
+        "--spool-dir",
+        help="where events wait while Kafka is unreachable (default: sensor.spool_dir or <data dir>/spool/ebpf)",
+    )
+    p.add_argument("--ring-mb", type=int, default=16, help="ring buffer size in MiB, a power of two (default: 16)")
+    p.add_argument("--args-max", type=int, default=1024, help="bytes of argv captured per exec (default: 1024)")
+    p.add_argument(
+        "--dns-port",
+        type=int,
+        action="append",
+        help="UDP destination port treated as DNS; repeat for several, at most 4 (default: 53)",
+    )
+    p.add_argument(
+        "--sensitive",
+        action="append",
+        metavar="PREFIX",
+        help="extra path prefix whose reads are reported once per process (default: the built-in list)",
+    )
+    p.add_argument(
+        "--v1-controller",
+        default="auto",
+        help="cgroup v1 controller used to find containers on v1/hybrid hosts; '' to disable (default: auto)",
+    )
+    p.add_argument(
+        "--workloads",
+        metavar="JSON",
+        help="static container id -> workload map {id: {namespace, pod, container, ...}} (default: none)",
+    )
+    p.add_argument("--node", help="node name stamped on events and exec ids (default: node setting / hostname)")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on HOST:PORT (default: off)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: run until signalled)")
+    p.add_argument(
+        "--bpf-object",
+        help="compiled BPF object (default: sensors/ebpf/build/cadr.bpf.o, built on demand by build.sh)",
+    )
+    p.set_defaults(handler=_run_ebpf)
+
+
+def _run_ebpf(args: argparse.Namespace, settings: Settings) -> int:
+    from sensors.ebpf.loader import DEFAULT_OBJECT, DEFAULT_SENSITIVE_PREFIXES
+    from sensors.ebpf.service import RunOptions, run_ebpf_sensor
+
+    if args.node:
+        settings.node = args.node
+    opts = RunOptions(
+        output=args.output,
+        bootstrap=args.sensor_kafka,
+        topic=args.topic,
+        spool_dir=args.spool_dir,
+        object_path=args.bpf_object or str(DEFAULT_OBJECT),
+        ring_bytes=args.ring_mb << 20,
+        args_max=args.args_max,
+        dns_ports=tuple(args.dns_port or (53,)),
+        sensitive_prefixes=DEFAULT_SENSITIVE_PREFIXES + tuple(args.sensitive or ()),
+        v1_controller=args.v1_controller,
+        duration_s=args.duration,
+        metrics=args.metrics,
+        workloads_file=args.workloads,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_ebpf_sensor(settings, opts, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+# ----------------------------------------------------------------------------------- audit
+
+
+def _register_audit(sub: Any) -> None:
+    """``cadr sensor audit``: the Kubernetes audit intake. OWNED BY THE AUDIT SENSOR'S ENGINEER:
+    left empty on purpose; add its parser here (``sub.add_parser("audit", ...)``)."""
+    return None

@@ -1,0 +1,306 @@
+"""The eBPF sensor's run loop: drain the ring buffer, decode, attribute, hand to a sink.
+
+The loop drains whatever the kernel wrote every ``poll_interval_s`` (or at once when the
+kernel forces a wake-up because the backlog passed its threshold), decodes it in place,
+and gives the sink one batch. Counters: kernel drops per CPU (ring buffer full), user
+drops per CPU (records the decoder or the sink could not deliver), spool drops (the
+publisher's). They are published as ``sensor_health`` events every
+``health_interval_s`` and served as Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+from schemas.records import Event, EventKind, SensorHealth, Workload
+from sensors.containers import WorkloadResolver
+from sensors.ebpf import layout
+from sensors.ebpf.cgroups import Attribution, CgroupIndex
+from sensors.ebpf.decode import BootClock, Decoder
+from sensors.ebpf.loader import Probe, ProbeConfig
+from sensors.publisher import Publisher, encode_event
+
+__all__ = ["CollectSink", "EbpfSensor", "JsonLinesSink", "PublisherSink", "SensorOptions", "Sink", "encode_event"]
+
+log = logging.getLogger(__name__)
+
+class Sink(Protocol):
+    """Where decoded events go (Kafka publisher, JSON lines, a test list)."""
+
+    async def send(self, batch: list[tuple[Event, bytes]]) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class JsonLinesSink:
+    """One JSON event per line to a file, or stdout for ``-``."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._fh: IO[bytes] = sys.stdout.buffer if target == "-" else open(target, "ab")  # noqa: SIM115
+        self.written = 0
+
+    async def send(self, batch: list[tuple[Event, bytes]]) -> None:
+        self._fh.write(b"".join(encode_event(ev) + b"\n" for ev, _ in batch))
+        self._fh.flush()
+        self.written += len(batch)
+
+    def counters(self) -> dict[str, int]:
+        return {"written": self.written}
+
+    async def aclose(self) -> None:
+        self._fh.flush()
+        if self.target != "-":
+            self._fh.close()
+
+
+class PublisherSink:
+    """Events to Kafka through a :class:`~sensors.publisher.Publisher` (keyed by workload)."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+
+    async def send(self, batch: list[tuple[Event, bytes]]) -> None:
+        await self.publisher.publish_many((key, encode_event(ev), ev.time // 1_000_000) for ev, key in batch)
+
+    def counters(self) -> dict[str, int]:
+        return {k: v for k, v in self.publisher.counters().items() if isinstance(v, int)}
+
+    async def aclose(self) -> None:
+        await self.publisher.close()
+
+
+class CollectSink:
+    """Keeps events in memory (tests), optionally filtered."""
+
+    def __init__(self, keep: Callable[[Event], bool] | None = None) -> None:
+        self.keep = keep
+        self.events: list[Event] = []
+        self.keys: list[bytes] = []
+        self.seen = 0
+
+    async def send(self, batch: list[tuple[Event, bytes]]) -> None:
+        self.seen += len(batch)
+        for ev, key in batch:
+            if self.keep is None or self.keep(ev):
+                self.events.append(ev)
+                self.keys.append(key)
+
+    def counters(self) -> dict[str, int]:
+        return {"seen": self.seen, "kept": len(self.events)}
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class SensorOptions:
+    node: str
+    cluster: str = ""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    #: how often the ring buffer is drained when the kernel does not force a wake-up
+    poll_interval_s: float = 0.01
+    health_interval_s: float = 10.0
+    #: most bytes decoded before yielding to the event loop
+    max_batch_bytes: int = 2 << 20
+
+
+class EbpfSensor:
+    """One node's eBPF sensor. ``start()`` loads the programs; ``run()`` streams events."""
+
+    def __init__(self, options: SensorOptions, sink: Sink, resolver: WorkloadResolver | None = None) -> None:
+        self.options = options
+        self.sink = sink
+        self.resolver = resolver
+        self.probe: Probe | None = None
+        self.clock = BootClock()
+        self.index: CgroupIndex | None = None
+        self.attribution: Attribution | None = None
+        self.decoder: Decoder | None = None
+        self.user_drops_per_cpu: dict[int, int] = {}
+        self.started_ns = 0
+        self.batches = 0
+        self._health_seq = 0
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load and attach the BPF programs (raises SensorUnavailableError with what is missing)."""
+        probe = Probe(self.options.probe)
+        self.probe = probe
+        self.index = CgroupIndex(probe.cgroup2, probe.v1_mount or None, probe.v1_hierarchy_id)
+        self.index.scan()
+        self.attribution = Attribution(self.index, self.resolver, cluster=self.options.cluster)
+        self.decoder = Decoder(
+            self.options.node, self.clock, self.attribution.lookup, on_cgroup=self._on_cgroup
+        )
+        self.started_ns = time.time_ns()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
+            self.probe = None
+
+    def _on_cgroup(self, rtype: int, hierarchy: int, cgroup_id: int, path: str) -> None:
+        assert self.index is not None and self.attribution is not None
+        if rtype == layout.T_CGROUP_MKDIR:
+            self.index.on_mkdir(hierarchy, cgroup_id, path)
+        else:
+            self.index.on_rmdir(hierarchy, cgroup_id)
+        self.attribution.forget(cgroup_id)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def drain(self, max_bytes: int | None = None) -> tuple[list[tuple[Event, bytes]], int]:
+        """Decode what the kernel wrote (up to ``max_bytes``): (events, bytes consumed)."""
+        assert self.probe is not None and self.decoder is not None
+        out: list[tuple[Event, bytes]] = []
+        append = out.append
+        decode = self.decoder.decode
+
+        def handle(data: memoryview, off: int, length: int) -> None:
+            item = decode(data, off, length)
+            if item is not None:
+                append(item)
+
+        _, nbytes = self.probe.ring.drain(handle, max_bytes or self.options.max_batch_bytes)
+        return out, nbytes
+
+    async def run(self, duration_s: float | None = None) -> None:
+        """Stream events to the sink until :meth:`stop` (or ``duration_s``)."""
+        if self.probe is None:
+            self.start()
+        assert self.probe is not None
+        loop = asyncio.get_running_loop()
+        ring = self.probe.ring
+
+        def on_wakeup() -> None:
+            ring.clear_wakeup()
+            self._wake.set()
+
+        loop.add_reader(ring.wait_fd(), on_wakeup)
+        deadline = None if duration_s is None else loop.time() + duration_s
+        next_health = loop.time() + self.options.health_interval_s
+        try:
+            await self.sink.send([(self.health_event("started"), self._host_key())])
+            self.ready.set()
+            while not self._stop.is_set():
+                batch, nbytes = self.drain()
+                if batch:
+                    await self._deliver(batch)
+                now = loop.time()
+                if now >= next_health:
+                    self.clock.calibrate()
+                    await self.sink.send([(self.health_event("running"), self._host_key())])
+                    next_health = now + self.options.health_interval_s
+                if deadline is not None and now >= deadline:
+                    break
+                if nbytes < self.options.max_batch_bytes:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.options.poll_interval_s)
+                else:
+                    await asyncio.sleep(0)
+            # what the kernel wrote before we stopped
+            while True:
+                batch, nbytes = self.drain()
+                if batch:
+                    await self._deliver(batch)
+                if nbytes == 0:
+                    break
+            await self.sink.send([(self.health_event("stopped"), self._host_key())])
+        finally:
+            loop.remove_reader(ring.wait_fd())
+
+    async def _deliver(self, batch: list[tuple[Event, bytes]]) -> None:
+        self.batches += 1
+        try:
+            await self.sink.send(batch)
+        except Exception:
+            log.exception("sink failed; %d events dropped", len(batch))
+            for ev, _ in batch:
+                cpu = int(ev.event_id.split(":")[-3], 16)
+                self.user_drops_per_cpu[cpu] = self.user_drops_per_cpu.get(cpu, 0) + 1
+
+    # -- health and metrics -------------------------------------------------------------
+
+    def _host_key(self) -> bytes:
+        return self.attribution.host_key if self.attribution else b"/host"
+
+    def counters(self) -> dict[str, Any]:
+        """Every counter of the sensor, kernel and user side."""
+        assert self.probe is not None and self.decoder is not None
+        per_cpu = self.probe.stats()
+        ncpu = len(per_cpu)
+        user = [self.user_drops_per_cpu.get(i, 0) + self.decoder.stats.per_cpu_errors.get(i, 0) for i in range(ncpu)]
+        totals = {k: sum(c[k] for c in per_cpu) for k in layout.STATS_FIELDS}
+        sink = self.sink.counters()
+        return {
+            "kernel": totals,
+            "kernel_drops_per_cpu": [c["drops"] for c in per_cpu],
+            "user_drops_per_cpu": user,
+            "decoded_records": self.decoder.stats.records,
+            "decoded_events": self.decoder.stats.events,
+            "decode_errors": self.decoder.stats.errors,
+            "cgroup_records": self.decoder.stats.cgroup_records,
+            "cgroup_scans": self.index.scans if self.index else 0,
+            "ring_pending_bytes": self.probe.ring.pending(),
+            "batches": self.batches,
+            "sink": sink,
+        }
+
+    def health_event(self, state: str) -> Event:
+        c = self.counters()
+        kernel_drops = c["kernel_drops_per_cpu"]
+        user_drops = c["user_drops_per_cpu"]
+        sink = c["sink"]
+        now = time.time_ns()
+        self._health_seq += 1
+        return Event(
+            event_id=f"{self.options.node}:health:{os.getpid():x}:{self._health_seq:x}:{now:x}",
+            time=now,
+            node=self.options.node,
+            source="ebpf",
+            kind=EventKind.SENSOR_HEALTH,
+            workload=self.attribution.host if self.attribution else Workload(cluster=self.options.cluster),
+            health=SensorHealth(
+                sensor="ebpf",
+                events=c["kernel"]["events"],
+                kernel_drops=sum(kernel_drops),
+                user_drops=sum(user_drops),
+                spool_drops=int(sink.get("spool_dropped", 0)),
+                per_cpu_drops=[k + u for k, u in zip(kernel_drops, user_drops, strict=True)],
+                detail={
+                    "state": state,
+                    "programs": self.probe.programs if self.probe else [],
+                    "kernel_drops_per_cpu": kernel_drops,
+                    "user_drops_per_cpu": user_drops,
+                    "decoded_events": c["decoded_events"],
+                    "decode_errors": c["decode_errors"],
+                    "bytes": c["kernel"]["bytes"],
+                    "path_truncated": c["kernel"]["path_trunc"],
+                    "opens_seen": c["kernel"]["open_seen"],
+                    "opens_suppressed": c["kernel"]["open_suppressed"],
+                    "ring_pending_bytes": c["ring_pending_bytes"],
+                    "sink": sink,
+                    "started": self.started_ns,
+                },
+            ),
+        )

@@ -1,0 +1,159 @@
+"""Per-destination dead-letter topics: records a destination refused, with its reply.
+
+A dead letter is written with ``acks=all`` before the offsets that cover it are
+committed, and writing one is retried until Kafka takes it: a refused record is moved,
+never dropped. Each value is a JSON object::
+
+    {"destination": "splunk", "type": "splunk_hec", "reason": "...", "reply": {...},
+     "dedup_id": "<id>:<revision>", "source": {"topic": ..., "partition": ..., "offset": ...},
+     "time": <ns>, "record": {...the original record...}}
+
+``record`` is the original JSON; a value that was not JSON is kept as ``record_text``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streams.forward.config import DestinationConfig
+from streams.forward.payload import Item
+from streams.forward.retry import Backoff
+
+__all__ = ["DeadLetters", "dead_letter_value", "ensure_dead_letter_topics"]
+
+log = logging.getLogger(__name__)
+
+
+def dead_letter_value(
+    cfg: DestinationConfig,
+    *,
+    raw: bytes,
+    reason: str,
+    reply: Any,
+    source: dict[str, Any],
+    dedup_id: str = "",
+    now_ns: int | None = None,
+) -> bytes:
+    """The JSON value of one dead letter."""
+    value: dict[str, Any] = {
+        "destination": cfg.name,
+        "type": cfg.type,
+        "reason": reason,
+        "reply": reply,
+        "dedup_id": dedup_id,
+        "source": source,
+        "time": time.time_ns() if now_ns is None else now_ns,
+    }
+    try:
+        orjson.loads(raw)
+        value["record"] = orjson.Fragment(raw)
+    except orjson.JSONDecodeError:
+        value["record_text"] = raw.decode("utf-8", "replace")
+    return orjson.dumps(value, default=str)
+
+
+async def ensure_dead_letter_topics(bootstrap: str, topics: list[str], *, partitions: int = 1) -> None:
+    """Create the dead-letter topics that do not exist yet (best effort: a cluster that
+    forbids it may auto-create on first write, or an operator creates them)."""
+    if not topics:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="cadr-forward-admin")
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+    except TopicAlreadyExistsError:
+        pass
+    except KafkaError as exc:
+        log.warning("could not create dead-letter topics %s: %s", ", ".join(topics), exc)
+    finally:
+        await admin.close()
+
+
+class DeadLetters:
+    """One idempotent producer shared by every destination of the process."""
+
+    def __init__(self, bootstrap: str, *, backoff: Backoff | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.backoff = backoff or Backoff()
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.bootstrap,
+                    client_id="cadr-forward-dlq",
+                    acks="all",
+                    enable_idempotence=True,
+                    max_request_size=16 << 20,
+                )
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+            return self._producer
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def write(
+        self,
+        cfg: DestinationConfig,
+        *,
+        raw: bytes,
+        key: bytes | None,
+        reason: str,
+        reply: Any,
+        source: dict[str, Any],
+        dedup_id: str = "",
+    ) -> None:
+        """Store one dead letter; returns only once Kafka acknowledged it."""
+        value = dead_letter_value(cfg, raw=raw, reason=reason, reply=reply, source=source, dedup_id=dedup_id)
+        headers = [("cadr-destination", cfg.name.encode()), ("cadr-reason", reason[:200].encode())]
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                producer = await self._get()
+                await producer.send_and_wait(cfg.dead_letter_topic, value=value, key=key, headers=headers)
+                return
+            except (KafkaError, OSError) as exc:
+                log.error(
+                    "%s: cannot write dead letter to %s (will retry): %s",
+                    cfg.name,
+                    cfg.dead_letter_topic,
+                    exc,
+                )
+                await asyncio.sleep(self.backoff.delay(attempt))
+
+    def for_destination(self, cfg: DestinationConfig, source_topic: str) -> Any:
+        """The ``dead_letter(item, reason, reply)`` callback the delivery loop takes."""
+
+        async def dead_letter(item: Item, reason: str, reply: Any) -> None:
+            await self.write(
+                cfg,
+                raw=item.raw,
+                key=item.key.encode(),
+                reason=reason,
+                reply=reply,
+                source={"topic": source_topic, "partition": item.partition, "offset": item.offset},
+                dedup_id=item.dedup_id,
+            )
+
+        return dead_letter
