@@ -34,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from schemas.errors import CadrError
+
 __all__ = [
     "KafkaStartError",
     "LocalKafka",
@@ -46,7 +48,7 @@ HOST = "127.0.0.1"
 _LOG_TAIL_LINES = 40
 
 
-class KafkaStartError(RuntimeError):
+class KafkaStartError(CadrError, RuntimeError):
     """The local broker could not be fetched, formatted or started; the message has the log tail."""
 
 
@@ -267,7 +269,8 @@ class LocalKafka:
             self._data_dir = Path(tempfile.mkdtemp(prefix="cadr-kafka-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._run_script(["format", str(self.data_dir)], timeout=120.0, what="formatting Kafka storage")
-        attempts = 3 if self._ports_chosen_here else 1
+        # Ports picked here may be re-picked on the first start only: a restart keeps the bootstrap address.
+        attempts = 3 if self._ports_chosen_here and self.last_start_seconds is None else 1
         for attempt in range(1, attempts + 1):
             self._choose_ports()
             try:

@@ -61,15 +61,17 @@ DEFAULT_RETENTION_MS: Mapping[str, int] = {
 }
 
 #: Largest record batch each topic accepts (topic ``max.message.bytes``). Incidents carry the whole story
-#: (timeline, edges, alerts) and profiles a whole baseline snapshot; the DLQ holds rejected input plus the
-#: reason.
+#: (timeline, edges, alerts) and profiles a whole baseline snapshot. ``raw`` is deliberately above the
+#: enrich stage's own record limit (``kafka.max_record_bytes``, 1 MiB): an oversized record must reach enrich
+#: and be dead-lettered with a reason, not be refused by the broker where nobody sees it. The DLQ holds a
+#: rejected raw record base64-encoded (4/3 of its size) plus the reason, so it is twice ``raw``.
 MAX_MESSAGE_BYTES: Mapping[str, int] = {
-    "raw": 2 * _MIB,
+    "raw": 8 * _MIB,
     "events": 2 * _MIB,
     "alerts": 2 * _MIB,
     "incidents": 8 * _MIB,
     "profiles": 8 * _MIB,
-    "dlq": 4 * _MIB,
+    "dlq": 16 * _MIB,
 }
 
 #: Logical topics with ``cleanup.policy=compact``.

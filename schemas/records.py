@@ -290,7 +290,7 @@ class Actor(Struct, kw_only=True, omit_defaults=True, frozen=True):
     name: ShortStr
 
 
-class Alert(Struct, kw_only=True, omit_defaults=True):
+class Alert(Struct, kw_only=True):
     """A rule fired. Dedup folds repeats of one cause into ``count``."""
 
     schema_version: int = SCHEMA_VERSION
@@ -342,9 +342,10 @@ class IncidentStatus(enum.StrEnum):
     CLOSED = "closed"
 
 
-class Incident(Struct, kw_only=True, omit_defaults=True):
+class Incident(Struct, kw_only=True):
     """A story: alerts and the events that tie them, across layers. Keyed by incident_id on
-    the compacted ``cadr.incidents`` topic; every update is a new revision."""
+    the compacted ``cadr.incidents`` topic; every update is a new revision. Every field is
+    always present on the wire (consumers should not need the defaults)."""
 
     schema_version: int = SCHEMA_VERSION
     incident_id: ShortStr
@@ -426,7 +427,7 @@ class ProfileEdit(Struct, kw_only=True, omit_defaults=True):
     reason: PathStr = ""
 
 
-class DeadLetter(Struct, kw_only=True, omit_defaults=True):
+class DeadLetter(Struct, kw_only=True):
     """Input a stage refused, with the reason, on ``cadr.dlq``: nothing is dropped silently."""
 
     schema_version: int = SCHEMA_VERSION

@@ -9,11 +9,14 @@ rotated temp files, scaled replicas — is still "seen". Rules reach profiles on
 Patterns have one wildcard, ``*``, matching any run of characters (``/`` included). A value
 is collapsed the same way when it is learned and when it is checked, so the two meet.
 
-File opens and the sensor's in-kernel filter: the eBPF sensor reports only the *first* open of
-a path per container (and per read/write mode). Profiles therefore record presence, never
-counts, and a path opened by a container before learning began is not re-reported: a profile
-that starts on a running container is marked ``started_mid_run`` and ends as ``partial``.
-Every new replica re-reports its opens, which is how start-up files reach a shared profile.
+File opens and the sensor's in-kernel filter: the eBPF sensor reports a read-open only the first
+time a container opens that file (per cgroup and inode) and every write-open. Profiles therefore
+record presence, never counts; writes are kept apart (``writes``) because a read learned first
+must not hide a later write, and the sensor never hides writes. A file a running container read
+before learning began is not reported again, so a profile that starts on a running container is
+marked ``started_mid_run`` and ends as ``partial`` — until a container of the workload is seen
+starting, whose start-up is then learned. Every new replica (new cgroup) re-reports its reads,
+which is how start-up files reach a shared profile.
 """
 
 from __future__ import annotations

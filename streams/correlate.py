@@ -150,6 +150,15 @@ class Correlator:
                 probes.append((_pod_key(w), "same_pod"))
             if not w.is_host:
                 probes.append((f"peer:{w.key()}", "lateral"))
+            # the other orders: the API call or the peer's activity may have been seen first
+            # (events of different workloads travel on different partitions)
+            if _TOKEN_TAG in alert.tags:
+                if w.service_account and w.namespace:
+                    probes.append((f"sa:{w.cluster}/{w.namespace}:{w.service_account}", "token_api"))
+                if w.pod_ip:
+                    probes.append((f"ip:{w.cluster}/{w.pod_ip}", "token_api"))
+            if e.network is not None and e.network.peer_workload:
+                probes.append((f"wl:{e.network.peer_workload}", "lateral"))
         return probes
 
     def _registrations(self, alert: Alert) -> list[tuple[str, str]]:
@@ -171,9 +180,12 @@ class Correlator:
             if e.audit.user.startswith("system:serviceaccount:"):
                 sa = e.audit.user.removeprefix("system:serviceaccount:")
                 regs.append((f"sa:{w.cluster}/{sa}", "token_api"))
+                regs.extend((f"ip:{w.cluster}/{ip}", "token_api") for ip in e.audit.source_ips)
         else:
             if w.pod:
                 regs.append((_pod_key(w), "same_pod"))
+            if not w.is_host:
+                regs.append((f"wl:{w.key()}", "lateral"))
             if _TOKEN_TAG in alert.tags:
                 if w.service_account and w.namespace:
                     regs.append((f"sa:{w.cluster}/{w.namespace}:{w.service_account}", "token_api"))

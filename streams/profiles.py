@@ -98,10 +98,10 @@ def profile_table(cadr_app: Any, name: str = "cadr-profiles") -> Any:
             name=name,
             beacon=app.tables.beacon,
             partitions=partitions,
+            # bytes types give the "raw" codec to the changelog too (a schema= would not, and
+            # recovery would then read the raw keys as JSON)
             key_type=bytes,
             value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
         )
     )
     return RecordTable(table, decode_profile)
@@ -159,15 +159,19 @@ async def ensure_edits_topic(settings: Settings, timeout_s: float = 30.0) -> Non
     )
     try:
         await admin.start()
-        described = await admin.describe_topics([name, settings.topic("events")])
+        # describing a missing topic would have the broker auto-create it (1 partition): look
+        # at the topic list first, describe only what exists
+        existing = set(await admin.list_topics())
+        events = settings.topic("events")
+        described = await admin.describe_topics([t for t in (name, events) if t in existing])
         parts = {
-            t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0 and t["partitions"]
+            t["topic"]: len(t["partitions"]) for t in described if not t["error_code"] and t["partitions"]
         }
-        want = parts.get(settings.topic("events"), settings.kafka.partitions)
+        want = parts.get(events, settings.kafka.partitions)
         if name in parts:
             if parts[name] != want:
                 raise ProfileChannelError(
-                    f"{name} has {parts[name]} partitions but {settings.topic('events')} has {want}: "
+                    f"{name} has {parts[name]} partitions but {events} has {want}: "
                     "edits would reach the wrong worker; recreate it with the same partition count"
                 )
             return

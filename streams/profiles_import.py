@@ -134,12 +134,12 @@ def _cadr_document(doc: dict[str, Any], where: str, workload_key: str | None) ->
             data[name] = _from_iso(data[name], f"{where}: {name}")
     if workload_key:
         data["workload_key"] = workload_key
+    if not data.get("workload_key"):
+        raise ProfileImportError(f"{where}: workload_key is empty (give --workload)")
     try:
         profile = msgspec.convert(data, Profile, strict=False)
     except msgspec.ValidationError as exc:
         raise ProfileImportError(f"{where}: {exc}") from exc
-    if not profile.workload_key:
-        raise ProfileImportError(f"{where}: workload_key is empty (give --workload)")
     return ImportedProfile(
         workload_key=profile.workload_key,
         container=profile.container,

@@ -102,7 +102,11 @@ def title(alerts: list[Alert], actors: list[Actor], workloads: list[Workload]) -
 def summary(alerts: list[Alert], actors: list[Actor], workloads: list[Workload], mitre: list[str], severity: str) -> str:
     """A paragraph a person can read aloud."""
     phrases: list[str] = []
-    for a in sorted(alerts, key=lambda x: x.time):
+    # low-severity context (e.g. "user outside the allowed list") stays in the alert list but
+    # not in the paragraph once the story has something worse to say
+    top = max((a.severity.rank for a in alerts), default=0)
+    told = [a for a in alerts if a.severity.rank > 1 or top <= 1]
+    for a in sorted(told, key=lambda x: x.time):
         phrase = a.story or a.rule_name[:1].lower() + a.rule_name[1:]
         if a.count > 1:
             phrase += f" ({a.count} times)"

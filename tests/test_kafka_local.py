@@ -174,6 +174,9 @@ async def test_ensure_topics_creates_the_six_topics_idempotently(
         assert cfg["cleanup.policy"] == ("compact" if logical in COMPACTED else "delete"), name
         assert cfg["message.timestamp.type"] == "LogAppendTime", name
     assert configs[names.incidents]["max.message.bytes"] == str(8 * 1024 * 1024)
+    # Above enrich's 1 MiB record limit, so oversized input reaches the DLQ instead of being refused.
+    assert int(configs[names.raw]["max.message.bytes"]) > 5 * 1024 * 1024
+    assert int(configs[names.dlq]["max.message.bytes"]) >= 2 * int(configs[names.raw]["max.message.bytes"])
     assert int(configs[names.incidents]["min.compaction.lag.ms"]) > 0
     assert configs[names.raw]["retention.ms"] == str(7 * 86_400_000)
     assert configs[names.events]["retention.ms"] == str(7 * 86_400_000)

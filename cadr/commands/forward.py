@@ -22,14 +22,14 @@ from schemas.errors import CadrError
 __all__ = ["register", "run_forward"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     p = subparsers.add_parser(
         "forward",
         help="run the SIEM forwarders of the config file",
         description=(
-            "Forward incidents (and alerts) to Splunk HEC, Elasticsearch/OpenSearch, syslog (TCP/TLS), webhooks "
-            "and Kafka. Each destination is its own consumer group and commits only after the destination "
-            "acknowledged, so a destination that is down loses nothing. See docs/forward.md."
+            "Forward incidents (and alerts) to Splunk HEC, Elasticsearch/OpenSearch, syslog (TCP/TLS), "
+            "webhooks and Kafka. Each destination is its own consumer group and commits only after the "
+            "destination acknowledged, so a destination that is down loses nothing. See docs/forward.md."
         ),
     )
     p.add_argument(
@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="NAME",
         help="send one test incident to destination NAME, print its answer and exit (default: off)",
     )
-    p.add_argument("--list", action="store_true", help="print the configured destinations and exit (default: off)")
+    p.add_argument(
+        "--list", action="store_true", help="print the configured destinations and exit (default: off)"
+    )
     p.add_argument(
         "--metrics-port",
         type=int,

@@ -31,7 +31,7 @@ class RulesDocsStaleError(CadrError):
     """``cadr rules docs --check`` found the generated docs out of date."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "rules",
         help="test, list and document the detection rules",

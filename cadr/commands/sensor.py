@@ -63,8 +63,12 @@ def _register_ebpf(sub: Any) -> None:
         "--spool-dir",
         help="where events wait while Kafka is unreachable (default: sensor.spool_dir or <data dir>/spool/ebpf)",
     )
-    p.add_argument("--ring-mb", type=int, default=16, help="ring buffer size in MiB, a power of two (default: 16)")
-    p.add_argument("--args-max", type=int, default=1024, help="bytes of argv captured per exec (default: 1024)")
+    p.add_argument(
+        "--ring-mb", type=int, default=16, help="ring buffer size in MiB, a power of two (default: 16)"
+    )
+    p.add_argument(
+        "--args-max", type=int, default=1024, help="bytes of argv captured per exec (default: 1024)"
+    )
     p.add_argument(
         "--dns-port",
         type=int,
@@ -87,9 +91,15 @@ def _register_ebpf(sub: Any) -> None:
         metavar="JSON",
         help="static container id -> workload map {id: {namespace, pod, container, ...}} (default: none)",
     )
-    p.add_argument("--node", help="node name stamped on events and exec ids (default: node setting / hostname)")
-    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on HOST:PORT (default: off)")
-    p.add_argument("--duration", type=float, help="stop after this many seconds (default: run until signalled)")
+    p.add_argument(
+        "--node", help="node name stamped on events and exec ids (default: node setting / hostname)"
+    )
+    p.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics on HOST:PORT (default: off)"
+    )
+    p.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: run until signalled)"
+    )
     p.add_argument(
         "--bpf-object",
         help="compiled BPF object (default: sensors/ebpf/build/cadr.bpf.o, built on demand by build.sh)",
@@ -134,6 +144,132 @@ def _run_ebpf(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _register_audit(sub: Any) -> None:
-    """``cadr sensor audit``: the Kubernetes audit intake. OWNED BY THE AUDIT SENSOR'S ENGINEER:
-    left empty on purpose; add its parser here (``sub.add_parser("audit", ...)``)."""
-    return None
+    """``cadr sensor audit``: the Kubernetes audit intake (HTTPS webhook and/or log file tailers)."""
+    p = sub.add_parser(
+        "audit",
+        help="the Kubernetes audit intake: HTTPS webhook for the API server and/or audit log tailer",
+        description=(
+            "Receive audit.k8s.io events from the API server's webhook backend (HTTPS, client certificate "
+            "and/or bearer token) and/or follow audit log files (JSON lines, rotation-safe, resumes after a "
+            "restart); normalize them to k8s_api events and publish to cadr.raw (rejects to cadr.dlq). "
+            "A webhook batch is answered 200 only once Kafka acknowledged it. Without TLS settings, a CA, "
+            "server and client certificates, a token and the API server's webhook kubeconfig are generated "
+            "under <data dir>/audit-tls."
+        ),
+    )
+    p.add_argument(
+        "--kafka",
+        dest="sensor_kafka",
+        metavar="BOOTSTRAP",
+        help="Kafka bootstrap servers (default: the global --kafka / kafka.bootstrap setting)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="FILE|-",
+        help="write JSON lines to FILE (- = stdout) instead of Kafka (default: Kafka)",
+    )
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="webhook address (default: audit.host:audit.port, 127.0.0.1:8443)",
+    )
+    p.add_argument("--tls-cert", help="server certificate (PEM) (default: audit.tls_cert, else generated)")
+    p.add_argument("--tls-key", help="server private key (PEM) (default: audit.tls_key, else generated)")
+    p.add_argument(
+        "--client-ca",
+        help="CA bundle; a client certificate signed by it is required (default: audit.client_ca)",
+    )
+    p.add_argument(
+        "--token-file", help="file with the bearer token callers must send (default: audit.token_file)"
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        help="largest webhook body accepted (default: audit.max_body_bytes, 32 MiB)",
+    )
+    p.add_argument(
+        "--no-webhook", action="store_true", help="do not run the webhook, only tail files (default: run it)"
+    )
+    p.add_argument(
+        "--insecure-no-client-auth",
+        action="store_true",
+        help="accept callers without client certificate or token (default: refuse to start that way)",
+    )
+    p.add_argument(
+        "--file",
+        action="append",
+        metavar="PATH",
+        help="audit log file to follow (--audit-log-path); repeat for several (default: audit.log_files)",
+    )
+    p.add_argument("--state-dir", help="where tailer positions are kept (default: <data dir>/audit-tail)")
+    p.add_argument(
+        "--from-end",
+        action="store_true",
+        help="start a file never seen before at its end instead of its beginning (default: beginning)",
+    )
+    p.add_argument(
+        "--kube-api",
+        metavar="URL",
+        help="API server URL for pod metadata (owner chain, service account, IPs) (default: off)",
+    )
+    p.add_argument("--kube-token-file", help="bearer token file for --kube-api (default: none)")
+    p.add_argument("--kube-ca", help="CA file for --kube-api (default: system trust)")
+    p.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="pod metadata from the in-cluster API with this pod's service account (default: off)",
+    )
+    p.add_argument("--node", help="node name stamped on events (default: node setting / hostname)")
+    p.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: run until signalled)"
+    )
+    p.set_defaults(handler=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from sensors.audit.service import AuditRunOptions, run_audit_sensor
+    from sensors.k8s.watcher import IN_CLUSTER_CA, IN_CLUSTER_TOKEN
+
+    audit = settings.audit
+    if args.listen:
+        host, _, port = args.listen.rpartition(":")
+        audit.host, audit.port = host.strip("[]") or audit.host, int(port)
+    for flag, name in (
+        ("tls_cert", "tls_cert"),
+        ("tls_key", "tls_key"),
+        ("client_ca", "client_ca"),
+        ("token_file", "token_file"),
+        ("max_body_bytes", "max_body_bytes"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(audit, name, value)
+    if args.node:
+        settings.node = args.node
+    kube_api, kube_token, kube_ca = args.kube_api or "", args.kube_token_file or "", args.kube_ca or ""
+    if args.in_cluster:
+        kube_api = kube_api or "https://kubernetes.default.svc"
+        kube_token, kube_ca = kube_token or IN_CLUSTER_TOKEN, kube_ca or IN_CLUSTER_CA
+    opts = AuditRunOptions(
+        webhook=not args.no_webhook,
+        files=list(args.file or audit.log_files),
+        state_dir=args.state_dir or "",
+        start_at_end=args.from_end,
+        bootstrap=args.sensor_kafka or "",
+        output=args.output or "",
+        allow_unauthenticated=args.insecure_no_client_auth,
+        kube_api=kube_api,
+        kube_token_file=kube_token,
+        kube_ca=kube_ca,
+        duration_s=args.duration,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_audit_sensor(settings, opts, stop)
+
+    asyncio.run(main())
+    return 0

@@ -165,7 +165,7 @@ main() {
     version) echo "$KAFKA_VERSION" ;;
     home) echo "$KAFKA_HOME_DIR" ;;
     classpath) cmd_fetch && echo "$LIBS/*" ;;
-    -h | --help | help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+    -h | --help | help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown subcommand '${sub}' (try: fetch, format DATA_DIR, run DATA_DIR PORT, version, home, --help)" ;;
   esac
 }

@@ -109,7 +109,7 @@ def ensure_local_credentials(
     server_url: str = "https://127.0.0.1:8443/audit",
 ) -> WebhookCredentials:
     """Create (once) a CA, server and client certificates, a token and the webhook kubeconfig."""
-    d = Path(directory)
+    d = Path(directory).resolve()  # the API server reads these paths from anywhere
     d.mkdir(parents=True, exist_ok=True)
     creds = WebhookCredentials(
         directory=d,

@@ -45,6 +45,8 @@ class PodLookup(Protocol):
 
 
 def _short(value: Any, limit: int = _MAX_SHORT) -> str:
+    if type(value) is str and len(value) <= limit:  # the common case, first
+        return value
     if not isinstance(value, str):
         value = "" if value is None else str(value)
     return value if len(value) <= limit else value[:limit]
@@ -55,13 +57,20 @@ def _str_list(value: Any, where: str) -> list[str]:
         return []
     if not isinstance(value, list):
         raise AuditFormatError(f"{where}: expected a list of strings, got {type(value).__name__}")
+    if len(value) <= 16 and all(type(v) is str and len(v) <= _MAX_SHORT for v in value):
+        return value
     return [_short(v) for v in value[:_MAX_LIST]]
+
+
+_EMPTY: dict[str, Any] = {}
 
 
 def _dict_or_empty(obj: dict[str, Any], key: str) -> dict[str, Any]:
     value = obj.get(key)
+    if type(value) is dict:
+        return value
     if value is None:
-        return {}
+        return _EMPTY
     if not isinstance(value, dict):
         raise AuditFormatError(f"$.{key}: expected an object, got {type(value).__name__}")
     return value

@@ -173,10 +173,16 @@ static __always_inline struct scratch *get_scratch(void)
 	return bpf_map_lookup_elem(&scratch, &cpu);
 }
 
-static __always_inline __u64 wake_flags(void)
+/* Wake the consumer only for the record that takes the backlog across the threshold: a
+ * wake-up is an irq_work (a self-IPI, costly under virtualization), and forcing one per
+ * record while a busy consumer catches up made every record several times dearer. The
+ * consumer also drains on a short timer, so a wake-up lost to a race costs only latency. */
+static __always_inline __u64 wake_flags(__u64 size)
 {
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-										: BPF_RB_NO_WAKEUP;
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (avail >= cfg.wakeup_bytes && avail < cfg.wakeup_bytes + size + 8)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline void count_output(struct cadr_stats *st, long err, __u64 size)
@@ -196,16 +202,18 @@ static __always_inline void emit(struct cadr_stats *st, void *data, __u64 size)
 {
 	if (size > EV_BUF)
 		return;
-	long err = bpf_ringbuf_output(&events, data, size, wake_flags());
+	long err = bpf_ringbuf_output(&events, data, size, wake_flags(size));
 	count_output(st, err, size);
 }
 
+/* `t` is a BTF pointer (a tp_btf argument or bpf_get_current_task_btf()), so fields are
+ * read with direct loads the verifier guards (no helper call per field, which is what
+ * BPF_CORE_READ costs); only the variably indexed arrays go through a probe read. */
 static __always_inline void fill_hdr(struct cadr_hdr *h, struct task_struct *t, __u16 type, __u16 size,
 				     struct cadr_stats *st, int is_current)
 {
-	struct task_struct *leader = BPF_CORE_READ(t, group_leader);
-	struct task_struct *parent = BPF_CORE_READ(t, real_parent);
-	struct pid *tp;
+	struct task_struct *parent = t->real_parent;
+	struct pid *tp = t->thread_pid;
 	struct upid up = {};
 	unsigned int level;
 
@@ -214,32 +222,30 @@ static __always_inline void fill_hdr(struct cadr_hdr *h, struct task_struct *t, 
 	h->cpu = bpf_get_smp_processor_id();
 	h->seq = st ? st->seq++ : 0;
 	h->ktime = bpf_ktime_get_boot_ns();
-	h->pid = BPF_CORE_READ(t, tgid);
-	h->tid = BPF_CORE_READ(t, pid);
-	h->start = BPF_CORE_READ(leader, start_boottime);
-	h->ppid = BPF_CORE_READ(parent, tgid);
-	h->pstart = BPF_CORE_READ(parent, group_leader, start_boottime);
-	h->uid = BPF_CORE_READ(t, cred, uid.val);
+	h->pid = t->tgid;
+	h->tid = t->pid;
+	h->start = t->group_leader->start_boottime;
+	h->ppid = parent->tgid;
+	h->pstart = parent->group_leader->start_boottime;
+	h->uid = t->cred->uid.val;
 	if (is_current)
 		h->cgroup = bpf_get_current_cgroup_id();
 	else
-		h->cgroup = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+		h->cgroup = t->cgroups->dfl_cgrp->kn->id;
 	h->cgroup_v1 = 0;
 	if (cfg.v1_subsys) {
 		__u32 idx = cfg.v1_subsys - 1;
 		struct cgroup_subsys_state *css = 0;
 		if (idx < 12) {
-			struct css_set *cs = BPF_CORE_READ(t, cgroups);
-			bpf_core_read(&css, sizeof(css), &cs->subsys[idx]);
+			bpf_core_read(&css, sizeof(css), &t->cgroups->subsys[idx]);
 			h->cgroup_v1 = BPF_CORE_READ(css, cgroup, kn, id);
 		}
 	}
-	h->mnt_ns = BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum);
-	tp = BPF_CORE_READ(t, thread_pid);
-	level = BPF_CORE_READ(tp, level);
+	h->mnt_ns = t->nsproxy->mnt_ns->ns.inum;
+	level = tp->level;
 	bpf_core_read(&up, sizeof(up), &tp->numbers[level & 31]);
 	h->pid_ns = BPF_CORE_READ(up.ns, ns.inum);
-	BPF_CORE_READ_STR_INTO(&h->comm, t, comm);
+	bpf_probe_read_kernel(&h->comm, sizeof(h->comm), &t->comm);
 }
 
 /* ---------------------------------------------------------------- path walking ---- */
@@ -474,7 +480,7 @@ int BPF_PROG(cadr_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	}
 	fill_hdr(&e->h, child, CADR_FORK, sizeof(*e), st, 0);
-	bpf_ringbuf_submit(e, wake_flags());
+	bpf_ringbuf_submit(e, wake_flags(sizeof(*e)));
 	count_output(st, 0, sizeof(*e));
 	return 0;
 }
@@ -510,7 +516,7 @@ int BPF_PROG(cadr_exit, struct task_struct *p)
 	else
 		e->code = BPF_CORE_READ(p, exit_code);
 	e->pad = 0;
-	bpf_ringbuf_submit(e, wake_flags());
+	bpf_ringbuf_submit(e, wake_flags(sizeof(*e)));
 	count_output(st, 0, sizeof(*e));
 	return 0;
 }
@@ -732,7 +738,7 @@ static __always_inline void on_net(struct task_struct *t, __u16 type, __u32 fd, 
 	}
 	e->ret = ret;
 	e->fd = fd;
-	bpf_ringbuf_submit(e, wake_flags());
+	bpf_ringbuf_submit(e, wake_flags(sizeof(*e)));
 	count_output(st, 0, sizeof(*e));
 }
 

@@ -140,6 +140,8 @@ class Attribution:
         # (v2 id, v1 id) -> (workload, kafka key, expires at or None)
         self._cache: dict[tuple[int, int], tuple[Workload, bytes, float | None]] = {}
         self.host_key = self.host.key().encode()
+        #: bumped whenever a cached answer may have changed (a cgroup came or went)
+        self.generation = 0
 
     def container(self, cgroup_id: int, cgroup_v1: int = 0) -> ContainerRef | None:
         path = self.index.path(cgroup_id)
@@ -149,12 +151,13 @@ class Attribution:
             ref = container_from_cgroup(path1) if path1 else None
         return ref
 
-    def lookup(self, cgroup_id: int, cgroup_v1: int = 0) -> tuple[Workload, bytes]:
-        """(workload, Kafka key) of a record's cgroups."""
+    def lookup(self, cgroup_id: int, cgroup_v1: int = 0) -> tuple[Workload, bytes, float | None]:
+        """(workload, Kafka key, expiry) of a record's cgroups; expiry is None for an answer
+        that holds until the cgroup changes (see :attr:`generation`), else a monotonic time."""
         key = (cgroup_id, cgroup_v1)
         hit = self._cache.get(key)
         if hit is not None and (hit[2] is None or hit[2] > self._clock()):
-            return hit[0], hit[1]
+            return hit
         ref = self.container(cgroup_id, cgroup_v1)
         expires: float | None = None
         if ref is None:
@@ -176,12 +179,14 @@ class Attribution:
                 expires = self._clock() + self._ttl
         if len(self._cache) > 65536:
             self._cache.clear()
-        self._cache[key] = (workload, wkey, expires)
-        return workload, wkey
+        entry = (workload, wkey, expires)
+        self._cache[key] = entry
+        return entry
 
     def forget(self, cgroup_id: int) -> None:
         for key in [k for k in self._cache if k[0] == cgroup_id or k[1] == cgroup_id]:
             del self._cache[key]
+        self.generation += 1
 
 
 def _with(workload: Workload, **changes: object) -> Workload:

@@ -16,15 +16,22 @@ Identity (documented in README.md):
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import time
 from collections.abc import Callable
+import struct
+from struct import error as struct_error
 from dataclasses import dataclass, field
+
+import msgspec
+import orjson
 
 from schemas.records import Dns, Event, EventKind, File, Network, Privilege, Process, Workload
 from sensors.ebpf import layout
+from sensors.publisher import encode_event
 
-__all__ = ["BootClock", "Decoder", "DecodeStats", "exec_id", "parse_dns_question"]
+__all__ = ["BootClock", "DecodeStats", "Decoder", "JsonItem", "exec_id", "parse_dns_question"]
 
 _O_WRITE = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000
 
@@ -91,6 +98,20 @@ _QTYPES = {
 }
 _PROTO = {6: "tcp", 17: "udp"}
 _AF_INET = 2
+_ENC = msgspec.json.Encoder()
+# only what the hot path needs; pad bytes (x) create no Python objects
+_HDR_FAST = struct.Struct("<4xIQQ")  # cpu, seq, ktime
+_OPEN_FAST = struct.Struct("<4xIQQ72xII4xH")  # + flags, mode, path_len
+_EXIT_FAST = struct.Struct("<4xIQQ72xi")  # + code
+_NET_KINDS = {
+    layout.T_CONNECT: (b"net_connect", b"egress"),
+    layout.T_ACCEPT: (b"net_accept", b"ingress"),
+    layout.T_LISTEN: (b"net_listen", b"listen"),
+}
+# bytes that a JSON string cannot hold as they are (or that may not be UTF-8)
+_NEEDS_ESCAPE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
+#: one JSON item: (value, Kafka key, timestamp ms, cpu)
+JsonItem = tuple[bytes, bytes, int, int]
 
 
 def exec_id(node: str, pid: int, start_ns: int) -> str:
@@ -170,17 +191,35 @@ class Decoder:
         self,
         node: str,
         clock: BootClock,
-        workload_of: Callable[[int, int], tuple[Workload, bytes]],
+        workload_of: Callable[[int, int], tuple[Workload, bytes, float | None]],
         *,
+        generation: Callable[[], int] = lambda: 0,
+        monotonic: Callable[[], float] = time.monotonic,
         on_cgroup: Callable[[int, int, int, str], None] | None = None,
     ) -> None:
         self.node = node
         self.clock = clock
         self.workload_of = workload_of
+        self._generation = generation
+        self._mono = monotonic
+        self._frag_gen = generation()
         self.on_cgroup = on_cgroup
-        self.stats = DecodeStats()
+        self._stats = DecodeStats()
         self._ids: dict[tuple[int, int], str] = {}
         self._comms: dict[bytes, str] = {}
+        self._fragments: dict[bytes, tuple[bytes, bytes, float | None]] = {}
+        # fast-path records, counted here and folded into stats on read (cheaper)
+        self._fast_records = 0
+        self._node_json = orjson.dumps(node)
+        self._node_id = self._node_json[1:-1]
+        self._fast: dict[int, Callable[[memoryview, int, int], JsonItem]] = {
+            layout.T_OPEN: self._open_json,
+            layout.T_FORK: self._fork_json,
+            layout.T_EXIT: self._exit_json,
+            layout.T_CONNECT: self._net_json,
+            layout.T_ACCEPT: self._net_json,
+            layout.T_LISTEN: self._net_json,
+        }
         self._dispatch: dict[int, Callable[[memoryview, int, int], tuple[Event, bytes] | None]] = {
             layout.T_EXEC: self._exec,
             layout.T_FORK: self._fork,
@@ -194,6 +233,15 @@ class Decoder:
             layout.T_CGROUP_MKDIR: self._cgroup,
             layout.T_CGROUP_RMDIR: self._cgroup,
         }
+
+    @property
+    def stats(self) -> DecodeStats:
+        """Counters (the fast path's are folded in on read)."""
+        if self._fast_records:
+            self._stats.records += self._fast_records
+            self._stats.events += self._fast_records
+            self._fast_records = 0
+        return self._stats
 
     # -- shared pieces ------------------------------------------------------------------
 
@@ -224,7 +272,7 @@ class Decoder:
             if fn is None or length < layout.HDR.size:
                 raise ValueError(f"record type {rtype} of {length} bytes")
             out = fn(data, off, length)
-        except (ValueError, IndexError, UnicodeDecodeError, TypeError):
+        except (ValueError, IndexError, UnicodeDecodeError, TypeError, struct_error):
             self.stats.errors += 1
             cpu = int.from_bytes(data[off + 4 : off + 8], "little") if length >= 8 else 0
             self.stats.per_cpu_errors[cpu] = self.stats.per_cpu_errors.get(cpu, 0) + 1
@@ -236,7 +284,7 @@ class Decoder:
     def _process(self, h: tuple, **extra: object) -> tuple[Process, Workload, bytes]:
         # h: type, size, cpu, seq, ktime, pid, tid, start, ppid, uid, pstart, cgroup,
         #    cgroup_v1, mnt_ns, pid_ns, comm
-        workload, key = self.workload_of(h[11], h[12])
+        workload, key, _ = self.workload_of(h[11], h[12])
         proc = Process(
             pid=h[5],
             tid=h[6],
@@ -263,6 +311,128 @@ class Decoder:
             workload=workload,
             **blocks,  # type: ignore[arg-type]
         )
+
+    # -- JSON fast path -----------------------------------------------------------------
+    #
+    # For the kinds that come in floods (file_open, process_fork/exit, net_*), the JSON is
+    # written straight from the record: the workload and process blocks of a (process,
+    # cgroup) pair are encoded once and cached as bytes, so an event costs one unpack and
+    # one format. Everything else goes through Event objects. tests/sensors/test_ebpf_decode
+    # checks both paths give the same event.
+
+    def _fragment(self, data: memoryview, off: int) -> tuple[bytes, bytes]:
+        """b'"workload":{..},"process":{..' (process object left open) and the Kafka key."""
+        raw = bytes(data[off + 32 : off + 96])  # pid .. comm: everything process-specific
+        hit = self._fragments.get(raw)
+        if hit is not None and (hit[2] is None or hit[2] > self._mono()):
+            return hit[0], hit[1]
+        h = layout.HDR.unpack_from(data, off)
+        workload, key, expires = self.workload_of(h[11], h[12])
+        proc, _, _ = self._process(h)
+        frag = b'"workload":' + _ENC.encode(workload) + b',"process":' + _ENC.encode(proc)[:-1]
+        gen = self._generation()
+        if len(self._fragments) > 100_000 or gen != self._frag_gen:
+            self._fragments.clear()
+            self._frag_gen = gen
+        self._fragments[raw] = (frag, key, expires)
+        return frag, key
+
+    def decode_json(self, data: memoryview, off: int, length: int) -> JsonItem | None:
+        """Like :meth:`decode`, but the event as JSON bytes: (value, key, ts_ms, cpu)."""
+        fast = self._fast.get(data[off])  # type < 256: the low byte is enough
+        if fast is None:
+            item = self.decode(data, off, length)
+            if item is None:
+                return None
+            ev, key = item
+            return encode_event(ev), key, ev.time // 1_000_000, int.from_bytes(data[off + 4 : off + 8], "little")
+        self._fast_records += 1
+        try:
+            return fast(data, off, length)
+        except (ValueError, IndexError, UnicodeDecodeError, TypeError, struct_error):
+            self.stats.errors += 1
+            self._fast_records -= 1
+            self.stats.records += 1
+            cpu = int.from_bytes(data[off + 4 : off + 8], "little")
+            self.stats.per_cpu_errors[cpu] = self.stats.per_cpu_errors.get(cpu, 0) + 1
+            return None
+
+    def _open_json(self, data: memoryview, off: int, length: int) -> JsonItem:
+        cpu, seq, ktime, flags, mode, path_len = _OPEN_FAST.unpack_from(data, off)
+        if layout.OPEN.size + path_len > length:
+            raise ValueError("open record shorter than its path")
+        p = off + layout.OPEN.size
+        raw = bytes(data[p : p + path_len])
+        if _NEEDS_ESCAPE.search(raw) is None:
+            path = b'"' + raw + b'"'
+        else:
+            path = orjson.dumps(_safe(raw.decode("utf-8", "surrogateescape")))
+        frag, key = self._fragment(data, off)
+        t = ktime + self.clock.offset
+        value = (
+            b'{"schema_version":1,"event_id":"%s:%x:%x:%x","time":%d,"node":%s,"source":"ebpf",'
+            b'"kind":"file_open",%s},"file":{"path":%s,"flags":%d,"mode":%d,"write":%s}}'
+            % (
+                self._node_id, cpu, seq, ktime, t, self._node_json,
+                frag, path, flags, mode, b"true" if flags & _O_WRITE else b"false",
+            )
+        )  # fmt: skip
+        return value, key, t // 1_000_000, cpu
+
+    def _fork_json(self, data: memoryview, off: int, length: int) -> JsonItem:
+        cpu, seq, ktime = _HDR_FAST.unpack_from(data, off)
+        frag, key = self._fragment(data, off)
+        t = ktime + self.clock.offset
+        value = (
+            b'{"schema_version":1,"event_id":"%s:%x:%x:%x","time":%d,"node":%s,"source":"ebpf",'
+            b'"kind":"process_fork",%s}}' % (self._node_id, cpu, seq, ktime, t, self._node_json, frag)
+        )
+        return value, key, t // 1_000_000, cpu
+
+    def _exit_json(self, data: memoryview, off: int, length: int) -> JsonItem:
+        cpu, seq, ktime, status = _EXIT_FAST.unpack_from(data, off)
+        code = (status >> 8) & 0xFF if status & 0x7F == 0 else -(status & 0x7F)
+        frag, key = self._fragment(data, off)
+        t = ktime + self.clock.offset
+        value = (
+            b'{"schema_version":1,"event_id":"%s:%x:%x:%x","time":%d,"node":%s,"source":"ebpf",'
+            b'"kind":"process_exit",%s,"exit_code":%d}}'
+            % (self._node_id, cpu, seq, ktime, t, self._node_json, frag, code)
+        )
+        return value, key, t // 1_000_000, cpu
+
+    def _net_json(self, data: memoryview, off: int, length: int) -> JsonItem:
+        r = layout.NET.unpack_from(data, off)
+        family, proto, sport, dport, saddr, daddr = r[16:22]
+        if family == _AF_INET:
+            fam, src, dst = b"ipv4", socket.inet_ntop(socket.AF_INET, saddr[:4]), socket.inet_ntop(
+                socket.AF_INET, daddr[:4]
+            )
+        else:
+            fam, src, dst = b"ipv6", socket.inet_ntop(socket.AF_INET6, saddr), socket.inet_ntop(
+                socket.AF_INET6, daddr
+            )
+        rtype = r[0]
+        kind, direction = _NET_KINDS[rtype]
+        frag, key = self._fragment(data, off)
+        t = r[4] + self.clock.offset
+        value = (
+            b'{"schema_version":1,"event_id":"%s:%x:%x:%x","time":%d,"node":%s,"source":"ebpf","kind":"%s",'
+            b'%s},"network":{"protocol":"%s","family":"%s","src_ip":"%s","src_port":%d,'
+            b'"dst_ip":"%s","dst_port":%d,"direction":"%s"}}'
+            % (
+                self._node_id, r[2], r[3], r[4], t, self._node_json, kind,
+                frag,
+                _PROTO.get(proto, str(proto)).encode(),
+                fam,
+                src.encode(),
+                sport,
+                dst.encode(),
+                dport,
+                direction,
+            )
+        )  # fmt: skip
+        return value, key, t // 1_000_000, r[2]
 
     # -- one function per record type ---------------------------------------------------
 

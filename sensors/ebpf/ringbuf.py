@@ -17,6 +17,8 @@ import platform
 import select
 import struct
 from collections.abc import Callable
+from itertools import repeat
+from typing import Any
 
 from sensors.ebpf.errors import SensorError
 
@@ -57,36 +59,39 @@ class RingBuffer:
         """Bytes written by the kernel and not consumed yet."""
         return _U64.unpack_from(self._prod, 0)[0] - _U64.unpack_from(self._cons, 0)[0]
 
-    def drain(self, handle: Callable[[memoryview, int, int], None], max_bytes: int) -> tuple[int, int]:
-        """Call ``handle(data, offset, length)`` for each committed record, oldest first, up
-        to about ``max_bytes``; then release them to the kernel. Returns (records, bytes)."""
+    def drain(self, decode: Callable[[memoryview, int, int], Any], max_bytes: int) -> tuple[list[Any], int, int]:
+        """Decode committed records, oldest first, up to about ``max_bytes``, then release
+        them to the kernel. ``decode(data, offset, length)`` returns an item or None.
+        Returns (items, records, bytes)."""
         cons = _U64.unpack_from(self._cons, 0)[0]
         prod = _U64.unpack_from(self._prod, 0)[0]
         if cons == prod:
-            return 0, 0
-        data = self.data
+            return [], 0, 0
         base = self.data_off
         mask = self.mask
-        limit = cons + max_bytes
+        limit = min(prod, cons + max_bytes)
         unpack_len = _U32.unpack_from
         prod_mm = self._prod
         start = cons
-        n = 0
+        offs: list[int] = []
+        lens: list[int] = []
+        # find the records first (cheap), then decode them in one C-level map
+        while cons < limit:
+            off = base + (cons & mask)
+            hlen = unpack_len(prod_mm, off)[0]
+            if hlen & _BUSY:
+                break
+            length = hlen & _LEN_MASK
+            if not hlen & _DISCARD:
+                offs.append(off + 8)
+                lens.append(length)
+            cons += (length + 15) & ~7
         try:
-            while cons < prod and cons < limit:
-                off = base + (cons & mask)
-                hlen = unpack_len(prod_mm, off)[0]
-                if hlen & _BUSY:
-                    break
-                length = hlen & _LEN_MASK
-                if not hlen & _DISCARD:
-                    handle(data, off + 8, length)
-                    n += 1
-                cons += (length + 15) & ~7
+            items = [x for x in map(decode, repeat(self.data, len(offs)), offs, lens) if x is not None]
         finally:
-            # Release what was handled even if a handler raised: the kernel must not stall.
+            # release what was read even if decoding raised: the kernel must not stall
             _U64.pack_into(self._cons, 0, cons)
-        return n, cons - start
+        return items, len(offs), cons - start
 
     def wait_fd(self) -> int:
         """A file descriptor that becomes readable on a kernel wake-up."""

@@ -11,7 +11,6 @@ publisher's). They are published as ``sensor_health`` events every
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -20,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+from schemas.codec import decode_event
 from schemas.records import Event, EventKind, SensorHealth, Workload
 from sensors.containers import WorkloadResolver
 from sensors.ebpf import layout
 from sensors.ebpf.cgroups import Attribution, CgroupIndex
-from sensors.ebpf.decode import BootClock, Decoder
+from sensors.ebpf.decode import BootClock, Decoder, JsonItem
 from sensors.ebpf.loader import Probe, ProbeConfig
 from sensors.publisher import Publisher, encode_event
 
@@ -32,10 +32,24 @@ __all__ = ["CollectSink", "EbpfSensor", "JsonLinesSink", "PublisherSink", "Senso
 
 log = logging.getLogger(__name__)
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class Sink(Protocol):
-    """Where decoded events go (Kafka publisher, JSON lines, a test list)."""
+    """Where decoded events go (Kafka publisher, JSON lines, a test list).
+
+    A sink with ``wants_json = True`` gets the hot path's pre-encoded events through
+    :meth:`send_json` as (value, key, timestamp ms, cpu); :meth:`send` gets Event objects
+    (health events, and everything for sinks that want objects).
+    """
+
+    wants_json: bool
 
     async def send(self, batch: list[tuple[Event, bytes]]) -> None: ...
+
+    async def send_json(self, batch: list[JsonItem]) -> None: ...
 
     def counters(self) -> dict[str, int]: ...
 
@@ -45,13 +59,18 @@ class Sink(Protocol):
 class JsonLinesSink:
     """One JSON event per line to a file, or stdout for ``-``."""
 
+    wants_json = True
+
     def __init__(self, target: str) -> None:
         self.target = target
         self._fh: IO[bytes] = sys.stdout.buffer if target == "-" else open(target, "ab")  # noqa: SIM115
         self.written = 0
 
     async def send(self, batch: list[tuple[Event, bytes]]) -> None:
-        self._fh.write(b"".join(encode_event(ev) + b"\n" for ev, _ in batch))
+        await self.send_json([(encode_event(ev), key, 0, 0) for ev, key in batch])
+
+    async def send_json(self, batch: list[JsonItem]) -> None:
+        self._fh.write(b"\n".join([item[0] for item in batch]) + b"\n")
         self._fh.flush()
         self.written += len(batch)
 
@@ -67,11 +86,16 @@ class JsonLinesSink:
 class PublisherSink:
     """Events to Kafka through a :class:`~sensors.publisher.Publisher` (keyed by workload)."""
 
+    wants_json = True
+
     def __init__(self, publisher: Publisher) -> None:
         self.publisher = publisher
 
     async def send(self, batch: list[tuple[Event, bytes]]) -> None:
         await self.publisher.publish_many((key, encode_event(ev), ev.time // 1_000_000) for ev, key in batch)
+
+    async def send_json(self, batch: list[JsonItem]) -> None:
+        await self.publisher.publish_many([(item[1], item[0], item[2]) for item in batch])
 
     def counters(self) -> dict[str, int]:
         return {k: v for k, v in self.publisher.counters().items() if isinstance(v, int)}
@@ -82,6 +106,8 @@ class PublisherSink:
 
 class CollectSink:
     """Keeps events in memory (tests), optionally filtered."""
+
+    wants_json = False
 
     def __init__(self, keep: Callable[[Event], bool] | None = None) -> None:
         self.keep = keep
@@ -95,6 +121,9 @@ class CollectSink:
             if self.keep is None or self.keep(ev):
                 self.events.append(ev)
                 self.keys.append(key)
+
+    async def send_json(self, batch: list[JsonItem]) -> None:
+        await self.send([(decode_event(value), key) for value, key, _, _ in batch])
 
     def counters(self) -> dict[str, int]:
         return {"seen": self.seen, "kept": len(self.events)}
@@ -133,6 +162,7 @@ class EbpfSensor:
         self._health_seq = 0
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self.ready = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -144,14 +174,21 @@ class EbpfSensor:
         self.index = CgroupIndex(probe.cgroup2, probe.v1_mount or None, probe.v1_hierarchy_id)
         self.index.scan()
         self.attribution = Attribution(self.index, self.resolver, cluster=self.options.cluster)
+        attribution = self.attribution
         self.decoder = Decoder(
-            self.options.node, self.clock, self.attribution.lookup, on_cgroup=self._on_cgroup
+            self.options.node,
+            self.clock,
+            attribution.lookup,
+            generation=lambda: attribution.generation,
+            on_cgroup=self._on_cgroup,
         )
         self.started_ns = time.time_ns()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self._waiter is not None:
+            _resolve(self._waiter)
 
     def close(self) -> None:
         if self.probe is not None:
@@ -168,20 +205,14 @@ class EbpfSensor:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def drain(self, max_bytes: int | None = None) -> tuple[list[tuple[Event, bytes]], int]:
-        """Decode what the kernel wrote (up to ``max_bytes``): (events, bytes consumed)."""
+    def drain(self, max_bytes: int | None = None) -> tuple[list[Any], int]:
+        """Decode what the kernel wrote (up to ``max_bytes``): (items, bytes consumed).
+
+        Items are (Event, key) pairs, or JSON items for a sink that ``wants_json``."""
         assert self.probe is not None and self.decoder is not None
-        out: list[tuple[Event, bytes]] = []
-        append = out.append
-        decode = self.decoder.decode
-
-        def handle(data: memoryview, off: int, length: int) -> None:
-            item = decode(data, off, length)
-            if item is not None:
-                append(item)
-
-        _, nbytes = self.probe.ring.drain(handle, max_bytes or self.options.max_batch_bytes)
-        return out, nbytes
+        decode = self.decoder.decode_json if self.sink.wants_json else self.decoder.decode
+        items, _, nbytes = self.probe.ring.drain(decode, max_bytes or self.options.max_batch_bytes)
+        return items, nbytes
 
     async def run(self, duration_s: float | None = None) -> None:
         """Stream events to the sink until :meth:`stop` (or ``duration_s``)."""
@@ -194,10 +225,13 @@ class EbpfSensor:
         def on_wakeup() -> None:
             ring.clear_wakeup()
             self._wake.set()
+            if self._waiter is not None:
+                _resolve(self._waiter)
 
         loop.add_reader(ring.wait_fd(), on_wakeup)
         deadline = None if duration_s is None else loop.time() + duration_s
         next_health = loop.time() + self.options.health_interval_s
+        idle = 0
         try:
             await self.sink.send([(self.health_event("started"), self._host_key())])
             self.ready.set()
@@ -213,9 +247,10 @@ class EbpfSensor:
                 if deadline is not None and now >= deadline:
                     break
                 if nbytes < self.options.max_batch_bytes:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.options.poll_interval_s)
+                    # idle: back off up to 5x the poll interval (a forced wake-up still
+                    # cuts the sleep short); busy: poll at the base interval
+                    idle = idle + 1 if nbytes == 0 else 0
+                    await self._sleep(loop, self.options.poll_interval_s * min(5, 1 + idle // 10))
                 else:
                     await asyncio.sleep(0)
             # what the kernel wrote before we stopped
@@ -229,14 +264,32 @@ class EbpfSensor:
         finally:
             loop.remove_reader(ring.wait_fd())
 
-    async def _deliver(self, batch: list[tuple[Event, bytes]]) -> None:
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """Sleep until the timeout or a wake-up (cheaper than wait_for: no task per call)."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        fut = loop.create_future()
+        self._waiter = fut
+        handle = loop.call_later(seconds, _resolve, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._waiter = None
+            self._wake.clear()
+
+    async def _deliver(self, batch: list[Any]) -> None:
         self.batches += 1
         try:
-            await self.sink.send(batch)
+            if self.sink.wants_json:
+                await self.sink.send_json(batch)
+            else:
+                await self.sink.send(batch)
         except Exception:
             log.exception("sink failed; %d events dropped", len(batch))
-            for ev, _ in batch:
-                cpu = int(ev.event_id.split(":")[-3], 16)
+            for item in batch:
+                cpu = item[3] if self.sink.wants_json else int(item[0].event_id.split(":")[-3], 16)
                 self.user_drops_per_cpu[cpu] = self.user_drops_per_cpu.get(cpu, 0) + 1
 
     # -- health and metrics -------------------------------------------------------------

@@ -174,6 +174,8 @@ class PodWatcher:
         )
         self._responses[res.kind] = resp
         try:
+            if self._stop.is_set():  # stop() ran while this request was in flight: it saw no response
+                return None
             for line in _lines(resp):
                 if self._stop.is_set():
                     return None

@@ -246,6 +246,8 @@ class ForwardConfig:
     session_timeout_s: float = 10.0
     #: a destination may be down this long before the consumer leaves its group (then rejoins)
     max_poll_interval_s: float = 3600.0
+    #: replication factor of the dead-letter topics cadr creates (pre-create them to choose more)
+    dead_letter_replication: int = 1
 
     def destination(self, name: str) -> DestinationConfig:
         for d in self.destinations:
@@ -425,9 +427,15 @@ def _options(kind: str, t: _Table) -> Options:
             raise ForwardConfigError(f"{t.where}: ack = true needs a channel (a GUID)")
         return o
     if kind == "elasticsearch":
+        index = t.text("index", "cadr-incidents")
+        literal = re.sub(r"%.", "", index)  # strftime directives are filled (and lowercased) per record
+        if not index or literal != literal.lower() or any(c in literal for c in ' "*\\<|,>/?#:'):
+            raise ForwardConfigError(
+                f'{t.where}.index: {index!r} is not a valid index name (lowercase, no spaces or "*\\<|,>/?#:)'
+            )
         return ElasticOptions(
             url=_url(t),
-            index=t.text("index", "cadr-incidents"),
+            index=index,
             pipeline=t.text("pipeline"),
             username=t.text("username"),
             password=t.text("password"),
@@ -555,6 +563,7 @@ def parse_forward_config(raw: Mapping[str, Any], *, topic_prefix: str = "cadr.")
     log_interval_s = t.number("log_interval_s", 30.0)
     session_timeout_s = t.number("session_timeout_s", 10.0, lo=1.0)
     max_poll_interval_s = t.number("max_poll_interval_s", 3600.0, lo=1.0)
+    dead_letter_replication = t.integer("dead_letter_replication", 1, lo=1, hi=32)
     items = t.data.pop("destinations", [])
     t.done()
     if not isinstance(items, list):
@@ -580,6 +589,7 @@ def parse_forward_config(raw: Mapping[str, Any], *, topic_prefix: str = "cadr.")
         log_interval_s=log_interval_s,
         session_timeout_s=session_timeout_s,
         max_poll_interval_s=max_poll_interval_s,
+        dead_letter_replication=dead_letter_replication,
     )
 
 

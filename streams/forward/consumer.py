@@ -68,8 +68,8 @@ class DestinationRunner:
         self.deliverer = Deliverer(self.dest, metrics, dead_letters.for_destination(cfg, self.topic))
         self.consumer: AIOKafkaConsumer | None = None
         self._committed: dict[TopicPartition, int] = {}
-        #: set once the consumer has joined its group and has partitions (tests wait on it)
-        self.assigned = asyncio.Event()
+        #: the batch being delivered and the offsets to commit once it is
+        self._in_flight: tuple[asyncio.Task[None], dict[TopicPartition, int]] | None = None
 
     def _consumer(self) -> AIOKafkaConsumer:
         session_ms = int(self.fcfg.session_timeout_s * 1000)
@@ -92,10 +92,9 @@ class DestinationRunner:
 
     async def run(self) -> None:
         """Forward until cancelled. Uncommitted work is simply sent again after a restart."""
-        self.consumer = self._consumer()
-        await self.consumer.start()
-        lag_task = asyncio.create_task(self._lag_loop(), name=f"forward-lag-{self.cfg.name}")
         backoff = Backoff(self.cfg.retry)
+        self.consumer = await self._start_consumer(backoff)
+        lag_task = asyncio.create_task(self._lag_loop(), name=f"forward-lag-{self.cfg.name}")
         failures = 0
         try:
             while True:
@@ -106,7 +105,8 @@ class DestinationRunner:
                     raise
                 except Exception as exc:
                     # A bug or an unexpected library error: rewind to the last commit and
-                    # go again; nothing was committed for the batch that failed.
+                    # go again; nothing was committed for the batches in hand.
+                    await self._drop_in_flight()
                     failures += 1
                     self.metrics.error(f"{type(exc).__name__}: {exc}")
                     log.exception("%s: forwarding step failed; rewinding to the last commit", self.cfg.name)
@@ -114,6 +114,7 @@ class DestinationRunner:
                     with contextlib.suppress(Exception):
                         await self.consumer.seek_to_committed()
         finally:
+            await self._drop_in_flight()
             lag_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await lag_task
@@ -122,17 +123,58 @@ class DestinationRunner:
             with contextlib.suppress(Exception):
                 await self.dest.close()
 
+    async def _start_consumer(self, backoff: Backoff) -> AIOKafkaConsumer:
+        """Join the group, waiting (with backoff) for Kafka to be reachable."""
+        attempt = 0
+        while True:
+            consumer = self._consumer()
+            try:
+                await consumer.start()
+                return consumer
+            except KafkaError as exc:
+                attempt += 1
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                self.metrics.error(f"Kafka: {exc}")
+                log.warning(
+                    "%s: cannot reach Kafka at %s (%s); retrying",
+                    self.cfg.name,
+                    self.settings.kafka.bootstrap,
+                    exc,
+                )
+                await asyncio.sleep(backoff.delay(attempt))
+
     async def _step(self) -> None:
+        """Fetch and prepare the next batch while the previous one is being delivered.
+
+        Decoding and shaping (CPU) overlap the previous batch's requests (I/O); a batch is
+        sent only after the previous one is acknowledged and committed, so order and
+        commit-after-ack hold as if the batches went one by one.
+        """
         assert self.consumer is not None
         batch = await self._fetch()
-        if self.consumer.assignment():
-            self.assigned.set()
+        items = await self._prepare(batch) if batch else []
+        if self._in_flight is not None:
+            task, offsets = self._in_flight
+            await task
+            self._in_flight = None
+            await self._commit(offsets)
         if not batch:
             return
-        items = await self._prepare(batch)
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
         if items:
-            await self.deliverer.deliver(items)
-        await self._commit({tp: records[-1].offset + 1 for tp, records in batch.items() if records})
+            task = asyncio.create_task(self.deliverer.deliver(items), name=f"forward-deliver-{self.cfg.name}")
+            self._in_flight = (task, offsets)
+        else:
+            await self._commit(offsets)
+
+    async def _drop_in_flight(self) -> None:
+        if self._in_flight is not None:
+            task, _ = self._in_flight
+            self._in_flight = None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def _fetch(self) -> Batch:
         """Up to ``batch_size * concurrency`` records, waiting ``linger_s`` for a batch to fill."""
@@ -249,7 +291,9 @@ class Forwarder:
     async def run(self) -> None:
         """Run until cancelled; a destination whose loop dies takes the process down."""
         await ensure_dead_letter_topics(
-            self.settings.kafka.bootstrap, [r.cfg.dead_letter_topic for r in self.runners]
+            self.settings.kafka.bootstrap,
+            [r.cfg.dead_letter_topic for r in self.runners],
+            replication=self.config.dead_letter_replication,
         )
         if self.config.metrics_port:
             self.metrics_runner = await serve_metrics(

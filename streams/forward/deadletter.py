@@ -14,6 +14,7 @@ never dropped. Each value is a JSON object::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -21,8 +22,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 
+from cadr.topics import MAX_MESSAGE_BYTES
 from streams.forward.config import DestinationConfig
 from streams.forward.payload import Item
 from streams.forward.retry import Backoff
@@ -60,7 +62,9 @@ def dead_letter_value(
     return orjson.dumps(value, default=str)
 
 
-async def ensure_dead_letter_topics(bootstrap: str, topics: list[str], *, partitions: int = 1) -> None:
+async def ensure_dead_letter_topics(
+    bootstrap: str, topics: list[str], *, partitions: int = 1, replication: int = 1
+) -> None:
     """Create the dead-letter topics that do not exist yet (best effort: a cluster that
     forbids it may auto-create on first write, or an operator creates them)."""
     if not topics:
@@ -71,13 +75,17 @@ async def ensure_dead_letter_topics(bootstrap: str, topics: list[str], *, partit
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
-            await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+            configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES["dlq"])}
+            await admin.create_topics(
+                [NewTopic(t, partitions, replication, topic_configs=configs) for t in missing]
+            )
     except TopicAlreadyExistsError:
         pass
     except KafkaError as exc:
         log.warning("could not create dead-letter topics %s: %s", ", ".join(topics), exc)
     finally:
-        await admin.close()
+        with contextlib.suppress(Exception):
+            await admin.close()
 
 
 class DeadLetters:
@@ -97,7 +105,7 @@ class DeadLetters:
                     client_id="cadr-forward-dlq",
                     acks="all",
                     enable_idempotence=True,
-                    max_request_size=16 << 20,
+                    max_request_size=MAX_MESSAGE_BYTES["dlq"],
                 )
                 try:
                     await producer.start()
@@ -133,6 +141,22 @@ class DeadLetters:
                 producer = await self._get()
                 await producer.send_and_wait(cfg.dead_letter_topic, value=value, key=key, headers=headers)
                 return
+            except MessageSizeTooLargeError:
+                # The topic takes less than this record (created elsewhere with a smaller
+                # limit): keep where the record is, so the letter is still written.
+                log.error(
+                    "%s: dead letter too large for %s; storing its source position only",
+                    cfg.name,
+                    cfg.dead_letter_topic,
+                )
+                value = dead_letter_value(
+                    cfg,
+                    raw=b"",
+                    reason=reason,
+                    reply=reply,
+                    source={**source, "record_omitted": True},
+                    dedup_id=dedup_id,
+                )
             except (KafkaError, OSError) as exc:
                 log.error(
                     "%s: cannot write dead letter to %s (will retry): %s",

@@ -52,6 +52,7 @@ class KafkaTopic(Destination):
             self.opts.sasl_password, self.opts.sasl_password_file, f"forward destination {cfg.name}"
         )
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()  # lanes call send() concurrently; start one producer
         self._extra_headers = [(k, v.encode()) for k, v in cfg.headers.items()]
 
     def describe(self) -> str:
@@ -80,15 +81,16 @@ class KafkaTopic(Destination):
         return options
 
     async def start(self) -> None:
-        if self._producer is not None:
-            return
-        producer = AIOKafkaProducer(**self._producer_options())
-        try:
-            await producer.start()
-        except (KafkaError, OSError) as exc:
-            await producer.stop()
-            raise TransientError(f"{self.describe()}: cannot connect: {exc}") from exc
-        self._producer = producer
+        async with self._starting:
+            if self._producer is not None:
+                return
+            producer = AIOKafkaProducer(**self._producer_options())
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as exc:
+                await producer.stop()
+                raise TransientError(f"{self.describe()}: cannot connect: {exc}") from exc
+            self._producer = producer
 
     async def close(self) -> None:
         if self._producer is not None:

@@ -117,7 +117,7 @@ def _is_server_error(text: str) -> bool:
 
 
 def _clean(text: str) -> str:
-    # clickhouse-connect wraps the server text in a long preamble; keep the ClickHouse part, one line per cause.
+    # clickhouse-connect wraps the server text in a preamble; keep the ClickHouse part on one line.
     idx = text.find("Code: ")
     core = text[idx:] if idx >= 0 else text
     core = core.split("\n\n")[0]
@@ -150,9 +150,7 @@ def open_client(
             return clickhouse_connect.get_client(
                 dsn=target.dsn if target.path else "chdb://memory", database=database, settings=merged
             )
-        if readonly:
-            merged = {**READONLY_LIMITS, **merged, "readonly": 2}
-        return clickhouse_connect.get_client(
+        client = clickhouse_connect.get_client(
             dsn=target.dsn,
             database=database,
             settings=merged,
@@ -161,6 +159,9 @@ def open_client(
             autogenerate_session_id=False,
             query_retries=0,
         )
+        if readonly:
+            _make_readonly(client)
+        return client
     except ClickHouseError as exc:
         if target.embedded and target.path and chdb_dir_locked(target.path):
             raise StoreLockedError(
@@ -169,6 +170,25 @@ def open_client(
         raise wrap_error(exc, f"connecting to {target.dsn}") from exc
     except RuntimeError as exc:
         raise wrap_error(exc, f"connecting to {target.dsn}") from exc
+
+
+def _make_readonly(client: Client) -> None:
+    """Ask the server for ``readonly = 2`` on every request of ``client`` and check that it is in force.
+
+    A server (or cadr's own query endpoint) that already enforces read-only for this user reports the setting
+    as not changeable; then nothing needs sending. ``readonly = 2`` rather than 1 lets clickhouse-connect keep
+    sending its own harmless per-request settings; ClickHouse refuses lowering ``readonly`` in either mode.
+    """
+    current = int(client.query("SELECT toUInt8(getSetting('readonly'))").result_rows[0][0])
+    if current == 0:
+        for key, value in READONLY_LIMITS.items():
+            client.set_client_setting(key, value)
+        client.set_client_setting("readonly", 2)
+        current = int(client.query("SELECT toUInt8(getSetting('readonly'))").result_rows[0][0])
+    if current == 0:
+        raise QueryError(
+            "the server did not accept readonly mode for this connection; refusing to run queries"
+        )
 
 
 @contextlib.contextmanager

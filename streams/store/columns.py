@@ -1,8 +1,8 @@
 """Columnar batch builders: lists of typed records → pyarrow tables shaped like the ClickHouse tables.
 
-Columns are built one at a time from the whole batch (a C-level ``map(attrgetter)`` per field), never row by
-row as dicts: ``pa.Table.from_pylist`` runs at ~125k rows/s, which would make the builder the bottleneck of the
-sink. Absent blocks (an exec event has no ``file``) read as an "empty" block whose fields are the column
+Columns are built one at a time from the whole batch (a C-level ``map(attrgetter)`` per field), never row
+by row as dicts: ``pa.Table.from_pylist`` runs at ~125k rows/s, which would make the builder the bottleneck of
+the sink. Absent blocks (an exec event has no ``file``) read as an "empty" block whose fields are the column
 defaults, so every column is built the same way. Integers that do not fit their ClickHouse type are clamped
 (a hostile ``dst_port`` must not fail a batch of 20,000 good events).
 """

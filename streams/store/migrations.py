@@ -1,7 +1,7 @@
 """Apply the numbered ClickHouse migrations of ``deploy/clickhouse/`` (idempotent, chdb and server alike).
 
-A migration is ``NNN_name.sql``: statements separated by a ``;`` at the end of a line, with ``${database}`` and
-``${retention_days}`` substituted. Every statement is itself idempotent (``IF NOT EXISTS``), and applied
+A migration is ``NNN_name.sql``: statements separated by a ``;`` at the end of a line, with ``${database}``
+and ``${retention_days}`` substituted. Every statement is itself idempotent (``IF NOT EXISTS``), and applied
 versions are recorded in ``<database>.schema_migrations``, so running the migrations at every start is cheap
 and a process killed half-way through a migration re-runs it safely. The retention TTL follows the settings:
 when ``retention_days`` changes, the TTL of the tables that have one is altered in place.
@@ -178,7 +178,8 @@ def apply_retention(client: Client, database: str, retention_days: int) -> list[
             continue
         try:
             client.command(
-                f"ALTER TABLE {db}.{table} MODIFY TTL toDateTime(ingested) + toIntervalDay({int(retention_days)})",
+                f"ALTER TABLE {db}.{table} MODIFY TTL "
+                f"toDateTime(ingested) + toIntervalDay({int(retention_days)})",
                 settings={"materialize_ttl_after_modify": 0},
             )
         except ClickHouseError as exc:

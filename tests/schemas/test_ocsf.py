@@ -48,7 +48,10 @@ def _incident(**kw: object) -> Incident:
                 labels={"app": "web"},
             )
         ],
-        actors=[Actor(kind="user", name="alice"), Actor(kind="service_account", name="system:serviceaccount:shop:web")],
+        actors=[
+            Actor(kind="user", name="alice"),
+            Actor(kind="service_account", name="system:serviceaccount:shop:web"),
+        ],
         mitre=["T1609", "T1059.004", "T9999"],
         alerts=[
             AlertRef(
@@ -68,7 +71,9 @@ def _incident(**kw: object) -> Incident:
                 message="sh again",
             ),
         ],
-        timeline=[TimelineEntry(time=T0, event_id="e1", kind="process_exec", text="/bin/sh", alert_ids=["a1"])],
+        timeline=[
+            TimelineEntry(time=T0, event_id="e1", kind="process_exec", text="/bin/sh", alert_ids=["a1"])
+        ],
     )
     base.update(kw)
     return Incident(**base)  # type: ignore[arg-type]
@@ -95,7 +100,9 @@ def test_incident_is_a_detection_finding_with_the_class_fields() -> None:
     assert info["last_seen_time"] == (T0 + 60 * NS) // 1_000_000
     assert info["types"] == ["cadr incident"]
     # one rule, reported once, although two alerts came from it
-    assert info["related_analytics"] == [{"uid": "R-SHELL", "name": "Shell in container", "type_id": 1, "type": "Rule"}]
+    assert info["related_analytics"] == [
+        {"uid": "R-SHELL", "name": "Shell in container", "type_id": 1, "type": "Rule"}
+    ]
     assert [e["uid"] for e in info["related_events"]] == ["a1", "a2"]
     orjson.dumps(f)  # plain JSON all the way down
 
@@ -169,7 +176,12 @@ def test_alert_maps_its_event_to_evidence() -> None:
     )
     f = alert_to_ocsf(alert)
     assert (f["activity_id"], f["severity_id"], f["count"]) == (2, 3, 3)
-    assert f["finding_info"]["analytic"] == {"uid": "R-EGRESS", "name": "Unexpected egress", "type_id": 1, "type": "Rule"}
+    assert f["finding_info"]["analytic"] == {
+        "uid": "R-EGRESS",
+        "name": "Unexpected egress",
+        "type_id": 1,
+        "type": "Rule",
+    }
     assert f["finding_info"]["attacks"][0]["tactic"]["name"] == "Command and Control"
     (ev,) = f["evidences"]
     assert ev["process"]["cmd_line"] == "curl http://x"

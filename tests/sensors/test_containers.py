@@ -131,16 +131,16 @@ def test_attribution_caches_and_rechecks_unknown_containers(tmp_path) -> None:  
     resolver = StaticWorkloadResolver()
     attr = Attribution(idx, resolver, cluster="prod", unknown_ttl_s=2, clock=clock)
 
-    host, host_key = attr.lookup(1)
+    host, host_key, _ = attr.lookup(1)
     assert host.is_host and host.cluster == "prod" and host_key == b"prod/host"
 
     # the pod watcher has not seen the container yet: id only, asked again later
-    wl, key = attr.lookup(10)
+    wl, key, _ = attr.lookup(10)
     assert wl.container_id == CID and not wl.pod and key == f"prod/container/{CID}".encode()
     resolver.add(CID, Workload(namespace="shop", pod="web-1", workload_kind="Deployment", workload_name="web"))
     assert attr.lookup(10)[0].pod == ""  # still cached
     clock.now = 3
-    wl, key = attr.lookup(10)
+    wl, key, _ = attr.lookup(10)
     assert wl.pod == "web-1" and wl.container_id == CID and wl.cluster == "prod"
     assert key == b"prod/shop/Deployment/web"
 
@@ -150,6 +150,6 @@ def test_attribution_falls_back_to_cgroup_v1(tmp_path) -> None:  # type: ignore[
     idx.on_mkdir(0, 1, "/")
     idx.on_mkdir(8, 99, f"/docker/{CID}")
     attr = Attribution(idx, None, cluster="c")
-    wl, _ = attr.lookup(1, 99)
+    wl, _, _ = attr.lookup(1, 99)
     assert wl.container_id == CID
     assert attr.lookup(1, 0)[0].is_host

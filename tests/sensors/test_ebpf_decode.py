@@ -41,7 +41,7 @@ def decoder(**kw: object) -> tuple[Decoder, list]:
     d = Decoder(
         NODE,
         FixedClock(1_700_000_000_000_000_000),
-        lambda cg, v1: (WL, KEY),
+        lambda cg, v1: (WL, KEY, None),
         on_cgroup=lambda *a: cgroups.append(a),
     )
     return d, cgroups
@@ -197,3 +197,46 @@ def test_boot_clock_offset_is_close_to_wall_clock() -> None:
     clock = BootClock()
     utc = time.clock_gettime_ns(time.CLOCK_BOOTTIME) + clock.offset
     assert abs(utc - time.time_ns()) < 1_000_000_000
+
+
+def test_json_fast_path_equals_the_event_path() -> None:
+    """decode_json (bytes formatted from cached fragments) gives exactly the Event that
+    decode gives, for every record type on the fast path and a slow one."""
+    v4 = socket.inet_pton(socket.AF_INET, "10.1.2.3") + b"\0" * 12
+    weird = 'a"b\\c\x01é'.encode() + b"\xff"
+    records = [
+        layout.FORK.pack(*hdr(layout.T_FORK, layout.FORK.size)),
+        layout.EXIT.pack(*hdr(layout.T_EXIT, layout.EXIT.size), 9, 0),
+        layout.EXIT.pack(*hdr(layout.T_EXIT, layout.EXIT.size, comm=b'q"\\\x02'), 1 << 8, 0),
+        layout.NET.pack(*hdr(layout.T_CONNECT, layout.NET.size), 2, 17, 1000, 53, v4, v4, 0, 3),
+        layout.NET.pack(*hdr(layout.T_LISTEN, layout.NET.size), 10, 6, 80, 0, b"\0" * 16, b"\0" * 16, 0, 3),
+    ]
+    for path in (b"/var/log/x.log", weird):
+        records.append(
+            layout.OPEN.pack(*hdr(layout.T_OPEN, layout.OPEN.size + len(path)), 0o2, 0o100600, 4, len(path), 1, 0, 1, 2, 3)
+            + path
+        )
+    exe = b"/bin/ls"
+    records.append(
+        layout.EXEC.pack(*hdr(layout.T_EXEC, layout.EXEC.size + len(exe)), 0, 0, 0, 0, len(exe), 0, 0, 0) + exe
+    )
+    fast, _ = decoder()
+    slow, _ = decoder()
+    for raw in records * 2:  # the second round hits the fragment cache
+        value, key, ts_ms, cpu = fast.decode_json(memoryview(raw), 0, len(raw))
+        ev, key2 = slow.decode(memoryview(raw), 0, len(raw))
+        assert decode_event(value) == ev
+        assert key == key2 and ts_ms == ev.time // 1_000_000 and cpu == 1
+
+
+def test_fragment_cache_follows_the_attribution() -> None:
+    """A container first unknown, then resolved: the cached JSON must not keep the old answer."""
+    answers = [(Workload(cluster="c", container_id="ab" * 32), b"k1", 5.0), (WL, KEY, None)]
+    now = [0.0]
+    d = Decoder(NODE, FixedClock(0), lambda cg, v1: answers[0] if now[0] < 5 else answers[1], monotonic=lambda: now[0])
+    raw = layout.FORK.pack(*hdr(layout.T_FORK, layout.FORK.size))
+    first = decode_event(d.decode_json(memoryview(raw), 0, len(raw))[0])
+    assert first.workload.pod == ""
+    now[0] = 6.0
+    second = decode_event(d.decode_json(memoryview(raw), 0, len(raw))[0])
+    assert second.workload == WL

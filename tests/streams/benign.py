@@ -2,8 +2,9 @@
 variation (new pod names, container ids, PIDs and pod IPs on every start, rotated temp files,
 rotating public addresses behind one DNS name, scaled replicas, restarts).
 
-Events look like the eBPF sensor's after enrich: file opens pass the sensor's in-kernel
-"first open per container + path + mode" filter, so a container reports each path once.
+Events look like the eBPF sensor's after enrich: reads pass the sensor's in-kernel "first open
+per container and file" filter, so a container reports each file it reads once; writes are all
+reported.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Container:
     app: str
     workload: Workload
     pid: int
-    opened: set[tuple[str, bool]] = field(default_factory=set)
+    opened: set[str] = field(default_factory=set)
     exec_seq: int = 0
 
 
@@ -93,7 +94,9 @@ class BenignCluster:
         )
 
     def _proc(self, c: Container, exe: str = "", args: list[str] | None = None, pid: int = 0) -> Process:
-        return Process(pid=pid or c.pid, exe=exe, args=args or [], uid=0, exec_id=f"{c.workload.container_id}:{pid}")
+        return Process(
+            pid=pid or c.pid, exe=exe, args=args or [], uid=0, exec_id=f"{c.workload.container_id}:{pid}"
+        )
 
     def exec(self, c: Container, t: int, exe: str, args: list[str], parent: str = "") -> Event:
         pid = next(self._pids)
@@ -109,30 +112,48 @@ class BenignCluster:
         return self._event(c, t, EventKind.PROCESS_EXEC, process=proc)
 
     def open(self, c: Container, t: int, path: str, write: bool = False, exe: str = "") -> Event | None:
-        """A file open as the sensor reports it: only the first per container, path and mode."""
-        if (path, write) in c.opened:
-            return None
-        c.opened.add((path, write))
+        """A file open as the sensor reports it: a read only the first time the container opens
+        the file, a write every time."""
+        if not write:
+            if path in c.opened:
+                return None
+            c.opened.add(path)
         f = File(path=path, flags=577 if write else 0, write=write)
         return self._event(c, t, EventKind.FILE_OPEN, process=self._proc(c, exe), file=f)
 
     def connect(self, c: Container, t: int, ip: str, port: int, peer: str = "", exe: str = "") -> Event:
-        net = Network(src_ip=c.workload.pod_ip, src_port=self.rng.randint(32768, 60999), dst_ip=ip, dst_port=port, peer_workload=peer)
+        net = Network(
+            src_ip=c.workload.pod_ip,
+            src_port=self.rng.randint(32768, 60999),
+            dst_ip=ip,
+            dst_port=port,
+            peer_workload=peer,
+        )
         return self._event(c, t, EventKind.NET_CONNECT, process=self._proc(c, exe), network=net)
 
     def dns(self, c: Container, t: int, name: str, answers: list[str], exe: str = "") -> Event:
-        return self._event(c, t, EventKind.DNS_QUERY, process=self._proc(c, exe), dns=Dns(query=name, answers=answers))
+        return self._event(
+            c, t, EventKind.DNS_QUERY, process=self._proc(c, exe), dns=Dns(query=name, answers=answers)
+        )
 
     def listen(self, c: Container, t: int, port: int, exe: str = "") -> Event:
         net = Network(src_ip="0.0.0.0", src_port=port, direction="listen")
         return self._event(c, t, EventKind.NET_LISTEN, process=self._proc(c, exe), network=net)
 
     def accept(self, c: Container, t: int, port: int, exe: str = "") -> Event:
-        net = Network(src_ip=c.workload.pod_ip, src_port=port, dst_ip="10.244.0.1", dst_port=self.rng.randint(32768, 60999), direction="ingress")
+        net = Network(
+            src_ip=c.workload.pod_ip,
+            src_port=port,
+            dst_ip="10.244.0.1",
+            dst_port=self.rng.randint(32768, 60999),
+            direction="ingress",
+        )
         return self._event(c, t, EventKind.NET_ACCEPT, process=self._proc(c, exe), network=net)
 
     def setid(self, c: Container, t: int, op: str, new: int, exe: str) -> Event:
-        priv = Privilege(op=op, old_uid=0, new_uid=new if "uid" in op else -1, new_gid=new if "gid" in op else -1)
+        priv = Privilege(
+            op=op, old_uid=0, new_uid=new if "uid" in op else -1, new_gid=new if "gid" in op else -1
+        )
         return self._event(c, t, EventKind.PRIVILEGE_CHANGE, process=self._proc(c, exe), privilege=priv)
 
     # -- workloads --
@@ -149,16 +170,51 @@ class BenignCluster:
 
         evs: list[Event | None] = []
         if app == "web":
-            evs.append(self.exec(c, at(), "/docker-entrypoint.sh", ["/docker-entrypoint.sh", "nginx", "-g", "daemon off;"]))
-            evs.append(self.exec(c, at(), "/usr/bin/find", ["find", "/docker-entrypoint.d/", "-mindepth", "1", "-maxdepth", "1", "-type", "f", "-print", "-quit"]))
-            evs.append(self.exec(c, at(), "/bin/sh", ["/bin/sh", "/docker-entrypoint.d/20-envsubst-on-templates.sh"]))
+            evs.append(
+                self.exec(
+                    c, at(), "/docker-entrypoint.sh", ["/docker-entrypoint.sh", "nginx", "-g", "daemon off;"]
+                )
+            )
+            evs.append(
+                self.exec(
+                    c,
+                    at(),
+                    "/usr/bin/find",
+                    [
+                        "find",
+                        "/docker-entrypoint.d/",
+                        "-mindepth",
+                        "1",
+                        "-maxdepth",
+                        "1",
+                        "-type",
+                        "f",
+                        "-print",
+                        "-quit",
+                    ],
+                )
+            )
+            evs.append(
+                self.exec(c, at(), "/bin/sh", ["/bin/sh", "/docker-entrypoint.d/20-envsubst-on-templates.sh"])
+            )
             evs.append(self.exec(c, at(), "/usr/bin/envsubst", ["envsubst", "${NGINX_PORT} ${API_HOST}"]))
-            evs.append(self.open(c, at(), "/etc/nginx/templates/default.conf.template", exe="/usr/bin/envsubst"))
-            evs.append(self.open(c, at(), "/etc/nginx/conf.d/default.conf", write=True, exe="/usr/bin/envsubst"))
+            evs.append(
+                self.open(c, at(), "/etc/nginx/templates/default.conf.template", exe="/usr/bin/envsubst")
+            )
+            evs.append(
+                self.open(c, at(), "/etc/nginx/conf.d/default.conf", write=True, exe="/usr/bin/envsubst")
+            )
             evs.append(self.exec(c, at(), "/usr/sbin/nginx", ["nginx", "-g", "daemon off;"]))
-            for path in ("/etc/ld.so.cache", "/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libpcre2-8.so.0",
-                         "/etc/nginx/nginx.conf", "/etc/nginx/mime.types", "/etc/nginx/conf.d/default.conf",
-                         "/etc/passwd", "/etc/group"):
+            for path in (
+                "/etc/ld.so.cache",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib/x86_64-linux-gnu/libpcre2-8.so.0",
+                "/etc/nginx/nginx.conf",
+                "/etc/nginx/mime.types",
+                "/etc/nginx/conf.d/default.conf",
+                "/etc/passwd",
+                "/etc/group",
+            ):
                 evs.append(self.open(c, at(), path, exe="/usr/sbin/nginx"))
             for path in ("/var/log/nginx/access.log", "/var/log/nginx/error.log", "/run/nginx.pid"):
                 evs.append(self.open(c, at(), path, write=True, exe="/usr/sbin/nginx"))
@@ -168,22 +224,55 @@ class BenignCluster:
                 evs.append(self.setid(c, at(), "setuid", 101, "/usr/sbin/nginx"))
         elif app == "worker":
             py = "/usr/local/bin/python3.12"
-            evs.append(self.exec(c, at(), py, ["python3", "-m", "worker", "--queue", "jobs", "--concurrency", str(self.rng.choice([4, 8]))]))
-            for path in ("/usr/local/lib/python3.12/os.py", "/usr/local/lib/python3.12/json/__init__.py",
-                         "/usr/local/lib/python3.12/site-packages/redis/__init__.py", "/app/worker/__init__.py",
-                         "/app/worker/__main__.py", "/app/config.yaml", "/etc/ssl/certs/ca-certificates.crt",
-                         "/etc/resolv.conf", "/etc/hosts", "/var/run/secrets/kubernetes.io/serviceaccount/token",
-                         "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
-                         f"/proc/{c.pid}/status"):
+            evs.append(
+                self.exec(
+                    c,
+                    at(),
+                    py,
+                    [
+                        "python3",
+                        "-m",
+                        "worker",
+                        "--queue",
+                        "jobs",
+                        "--concurrency",
+                        str(self.rng.choice([4, 8])),
+                    ],
+                )
+            )
+            for path in (
+                "/usr/local/lib/python3.12/os.py",
+                "/usr/local/lib/python3.12/json/__init__.py",
+                "/usr/local/lib/python3.12/site-packages/redis/__init__.py",
+                "/app/worker/__init__.py",
+                "/app/worker/__main__.py",
+                "/app/config.yaml",
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/resolv.conf",
+                "/etc/hosts",
+                "/var/run/secrets/kubernetes.io/serviceaccount/token",
+                "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+                f"/proc/{c.pid}/status",
+            ):
                 evs.append(self.open(c, at(), path, exe=py))
             evs.append(self.open(c, at(), f"/var/log/app/worker-{c.workload.pod}.log", write=True, exe=py))
             evs.append(self.dns(c, at(), "redis.data.svc.cluster.local", ["10.96.40.12"], exe=py))
             evs.append(self.connect(c, at(), "10.96.40.12", 6379, exe=py))
         else:  # legacy
             evs.append(self.exec(c, at(), "/opt/legacy/bin/start.sh", ["/opt/legacy/bin/start.sh"]))
-            evs.append(self.exec(c, at(), "/opt/legacy/bin/server", ["server", "--config", "/opt/legacy/etc/server.conf", "--port", "9000"], parent="/bin/sh"))
+            evs.append(
+                self.exec(
+                    c,
+                    at(),
+                    "/opt/legacy/bin/server",
+                    ["server", "--config", "/opt/legacy/etc/server.conf", "--port", "9000"],
+                    parent="/bin/sh",
+                )
+            )
             evs.append(self.open(c, at(), "/opt/legacy/etc/server.conf", exe="/opt/legacy/bin/server"))
-            evs.append(self.open(c, at(), "/etc/legacy/license.key", write=True, exe="/opt/legacy/bin/server"))
+            evs.append(
+                self.open(c, at(), "/etc/legacy/license.key", write=True, exe="/opt/legacy/bin/server")
+            )
             evs.append(self.setid(c, at(), "setuid", 1000, "/opt/legacy/bin/server"))
             evs.append(self.listen(c, at(), 9000, exe="/opt/legacy/bin/server"))
         return c, [e for e in evs if e is not None]
@@ -204,7 +293,9 @@ class BenignCluster:
         if c.app == "web":
             for i in range(rng.randint(1, 4)):
                 yield self.accept(c, t + i * SEC, 80, exe="/usr/sbin/nginx")
-                page = f"/usr/share/nginx/html/{rng.choice(['index', 'about', 'pricing', 'docs', 'blog'])}.html"
+                page = (
+                    f"/usr/share/nginx/html/{rng.choice(['index', 'about', 'pricing', 'docs', 'blog'])}.html"
+                )
                 e = self.open(c, t + i * SEC, page, exe="/usr/sbin/nginx")
                 if e is not None:
                     yield e
@@ -223,7 +314,9 @@ class BenignCluster:
                     if e is not None:
                         yield e
                 size = f"{rng.choice([640, 800, 1024])}x{rng.choice([480, 600, 768])}"
-                yield self.exec(c, t + 2 * SEC, "/usr/bin/convert", ["convert", src, "-resize", size, dst], parent=py)
+                yield self.exec(
+                    c, t + 2 * SEC, "/usr/bin/convert", ["convert", src, "-resize", size, dst], parent=py
+                )
                 yield self.exec(c, t + 3 * SEC, "/bin/sh", ["/bin/sh", "-c", f"gzip -9 {dst}"], parent=py)
                 yield self.exec(c, t + 3 * SEC, "/bin/gzip", ["gzip", "-9", dst], parent="/bin/sh")
                 e = self.open(c, t + 4 * SEC, f"/proc/{next(self._pids)}/status", exe=py)
@@ -239,7 +332,13 @@ class BenignCluster:
             ip = f"10.244.9.{rng.randint(2, 4)}" if peer else "10.96.40.12"
             yield self.connect(c, t + 20 * SEC, ip, 6379, peer=peer, exe=py)
         else:  # legacy
-            e = self.open(c, t, f"/opt/legacy/data/{rng.choice(['a', 'b', 'c', 'd'])}.db", write=True, exe="/opt/legacy/bin/server")
+            e = self.open(
+                c,
+                t,
+                f"/opt/legacy/data/{rng.choice(['a', 'b', 'c', 'd'])}.db",
+                write=True,
+                exe="/opt/legacy/bin/server",
+            )
             if e is not None:
                 yield e
             yield self.accept(c, t + SEC, 9000, exe="/opt/legacy/bin/server")

@@ -11,6 +11,8 @@
   ``status`` and ``error`` objects; ``create`` of an existing ``_id`` is a 409
   ``version_conflict_engine_exception``.
 - :class:`WebhookServer`: a plain JSON webhook (array, NDJSON or single object).
+- :class:`Rsyslogd`: Debian's rsyslogd on a free loopback port (TCP, TLS, mutual TLS)
+  writing what it parsed of each message to a file.
 
 Each server can be stopped and started again on the same port (an outage), can be told
 to fail the next requests with a given status (faults), to refuse chosen records, and
@@ -23,17 +25,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 import socket
 import ssl
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import trustme
 from aiohttp import web
 
-__all__ = ["BulkServer", "Fault", "HecServer", "HttpServer", "WebhookServer", "free_port"]
+__all__ = [
+    "BulkServer",
+    "Fault",
+    "HecServer",
+    "HttpServer",
+    "Rsyslogd",
+    "WebhookServer",
+    "free_port",
+    "make_incident",
+]
 
 
 def free_port() -> int:
@@ -83,7 +98,9 @@ class HttpServer:
         self.routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context, reuse_address=True)
+        site = web.TCPSite(
+            self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context, reuse_address=True
+        )
         await site.start()
 
     async def stop(self) -> None:
@@ -99,7 +116,9 @@ class HttpServer:
         self.release()
         await self.stop()
 
-    def fail_next(self, count: int, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+    def fail_next(
+        self, count: int, status: int, body: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         for _ in range(count):
             self.faults.append(Fault(status, body, headers or {}))
 
@@ -269,7 +288,10 @@ class BulkServer(HttpServer):
     @staticmethod
     def _error(status: int, etype: str, reason: str) -> web.Response:
         return web.json_response(
-            {"error": {"root_cause": [{"type": etype, "reason": reason}], "type": etype, "reason": reason}, "status": status},
+            {
+                "error": {"root_cause": [{"type": etype, "reason": reason}], "type": etype, "reason": reason},
+                "status": status,
+            },
             status=status,
         )
 
@@ -280,12 +302,18 @@ class BulkServer(HttpServer):
         if fault is not None:
             return fault
         if self.api_key and request.headers.get("Authorization") != f"ApiKey {self.api_key}":
-            return self._error(401, "security_exception", "missing authentication credentials for REST request")
+            return self._error(
+                401, "security_exception", "missing authentication credentials for REST request"
+            )
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
         if ctype not in ("application/x-ndjson", "application/json"):
-            return self._error(406, "media_type_header_exception", f"Content-Type header [{ctype}] is not supported")
+            return self._error(
+                406, "media_type_header_exception", f"Content-Type header [{ctype}] is not supported"
+            )
         if not body.endswith(b"\n"):
-            return self._error(400, "illegal_argument_exception", "The bulk request must be terminated by a newline [\\n]")
+            return self._error(
+                400, "illegal_argument_exception", "The bulk request must be terminated by a newline [\\n]"
+            )
         lines = body.split(b"\n")[:-1]
         default_index = request.match_info.get("index", "")
         items: list[dict[str, Any]] = []
@@ -294,7 +322,7 @@ class BulkServer(HttpServer):
         while i < len(lines):
             try:
                 action = json.loads(lines[i])
-                (op, meta), = action.items()
+                ((op, meta),) = action.items()
             except (ValueError, AttributeError):
                 return self._error(400, "x_content_parse_exception", f"line {i + 1}: malformed action")
             if op not in ("create", "index"):
@@ -307,8 +335,17 @@ class BulkServer(HttpServer):
                 source = json.loads(lines[i + 1])
             except ValueError as exc:
                 items.append(
-                    {op: {"_index": index, "_id": doc_id, "status": 400,
-                          "error": {"type": "mapper_parsing_exception", "reason": f"failed to parse: {exc}"}}}
+                    {
+                        op: {
+                            "_index": index,
+                            "_id": doc_id,
+                            "status": 400,
+                            "error": {
+                                "type": "mapper_parsing_exception",
+                                "reason": f"failed to parse: {exc}",
+                            },
+                        }
+                    }
                 )
                 errors = True
                 i += 2
@@ -323,19 +360,32 @@ class BulkServer(HttpServer):
                 docs[doc_id] = source
                 self.arrivals.append((index, doc_id))
                 items.append(
-                    {op: {"_index": index, "_id": doc_id, "_version": 1, "result": "created" if created else "updated",
-                          "status": 201 if created else 200, "_seq_no": len(self.arrivals) - 1, "_primary_term": 1,
-                          "_shards": {"total": 1, "successful": 1, "failed": 0}}}
+                    {
+                        op: {
+                            "_index": index,
+                            "_id": doc_id,
+                            "_version": 1,
+                            "result": "created" if created else "updated",
+                            "status": 201 if created else 200,
+                            "_seq_no": len(self.arrivals) - 1,
+                            "_primary_term": 1,
+                            "_shards": {"total": 1, "successful": 1, "failed": 0},
+                        }
+                    }
                 )
                 continue
             errors = True
             if status == 409:
                 self.conflicts += 1
-                error = {"type": "version_conflict_engine_exception",
-                         "reason": f"[{doc_id}]: version conflict, document already exists (current version [1])"}
+                error = {
+                    "type": "version_conflict_engine_exception",
+                    "reason": f"[{doc_id}]: version conflict, document already exists (current version [1])",
+                }
             elif status == 429:
-                error = {"type": "es_rejected_execution_exception",
-                         "reason": "rejected execution of coordinating operation"}
+                error = {
+                    "type": "es_rejected_execution_exception",
+                    "reason": "rejected execution of coordinating operation",
+                }
             else:
                 error = {"type": "mapper_parsing_exception", "reason": f"failed to parse document [{doc_id}]"}
             items.append({op: {"_index": index, "_id": doc_id, "status": status, "error": error}})
@@ -389,6 +439,81 @@ class WebhookServer(HttpServer):
         return web.json_response({"accepted": len(records)}, status=202)
 
 
+# --- rsyslogd: a real syslog daemon from Debian -------------------------------------------
+
+TEMPLATE = "%pri%|%timereported:::date-rfc3339%|%hostname%|%app-name%|%msgid%|%structured-data%|%msg%\\n"
+
+
+class Rsyslogd:
+    """One rsyslogd listening on 127.0.0.1:port, writing what it parsed to ``out``."""
+
+    def __init__(self, workdir: Path, *, tls: str = "", ca: trustme.CA | None = None) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.out = self.dir / "out.log"
+        self.tls = tls
+        self.proc: subprocess.Popen[bytes] | None = None
+        driver = ""
+        tls_global = ""
+        if tls:
+            assert ca is not None
+            server = ca.issue_cert("127.0.0.1", "localhost")
+            ca.cert_pem.write_to_path(str(self.dir / "ca.pem"))
+            server.cert_chain_pems[0].write_to_path(str(self.dir / "server.pem"))
+            server.private_key_pem.write_to_path(str(self.dir / "server.key"))
+            tls_global = (
+                f' DefaultNetstreamDriverCAFile="{self.dir}/ca.pem"'
+                f' DefaultNetstreamDriverCertFile="{self.dir}/server.pem"'
+                f' DefaultNetstreamDriverKeyFile="{self.dir}/server.key"'
+            )
+            driver = f' StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="{tls}"'
+        (self.dir / "rsyslog.conf").write_text(
+            f'global(workDirectory="{self.dir}" maxMessageSize="256k"{tls_global})\n'
+            f'module(load="imtcp"{driver})\n'
+            f'template(name="parsed" type="string" string="{TEMPLATE}")\n'
+            f'input(type="imtcp" address="127.0.0.1" port="{self.port}")\n'
+            f'action(type="omfile" file="{self.out}" template="parsed")\n'
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["rsyslogd", "-n", "-f", str(self.dir / "rsyslog.conf"), "-i", str(self.dir / "rsyslogd.pid")],
+            stdout=(self.dir / "rsyslogd.stdout").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rsyslogd exited: {(self.dir / 'rsyslogd.stdout').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("rsyslogd did not listen within 15 s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+    def lines(self) -> list[list[str]]:
+        if not self.out.exists():
+            return []
+        return [line.split("|", 6) for line in self.out.read_text().splitlines()]
+
+    async def wait_lines(self, count: int, timeout: float = 30) -> list[list[str]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = self.lines()
+            if len(lines) >= count:
+                return lines
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"rsyslogd wrote {len(self.lines())} lines, expected {count}")
+
+
 # --- records the tests and the benchmark send ------------------------------------------
 
 
@@ -411,7 +536,7 @@ def make_incident(
         revision=revision,
         severity=sev,
         title=f"Shell in web-{n}, then token read",
-        summary=f"Story {n} revision {revision}: alice ran kubectl exec into web-{n}; /bin/sh read the token.",
+        summary=f"Story {n} rev {revision}: alice ran kubectl exec into web-{n}; /bin/sh read the token.",
         first_seen=t0,
         last_seen=t0 + revision * 1_000_000_000,
         updated=t0 + revision * 1_000_000_000,
@@ -441,7 +566,9 @@ def make_incident(
             for r in range(revision)
         ][:5],
         timeline=[
-            TimelineEntry(time=t0 + i, event_id=f"e-{n}-{i}", kind="process_exec", text=f"step {i} of the story")
+            TimelineEntry(
+                time=t0 + i, event_id=f"e-{n}-{i}", kind="process_exec", text=f"step {i} of the story"
+            )
             for i in range(timeline)
         ],
         edges=[Edge(src=f"e-{n}-0", dst=f"e-{n}-1", kind="parent_child")],

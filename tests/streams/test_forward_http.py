@@ -98,12 +98,19 @@ def _assert_in_order(ids: list[str], expected: set[str]) -> None:
 
 async def test_hec_envelope_and_order() -> None:
     async with HecServer() as hec:
-        run = Run({"type": "splunk_hec", "url": hec.url, "token": "hec-token", "index": "security", "batch_size": 7})
+        run = Run(
+            {"type": "splunk_hec", "url": hec.url, "token": "hec-token", "index": "security", "batch_size": 7}
+        )
         items = run.items(_pairs(10, 3))
         await run.deliver(items)
     ev = hec.events[0]
     assert set(ev) == {"time", "host", "source", "sourcetype", "index", "event", "fields"}
-    assert (ev["host"], ev["source"], ev["sourcetype"], ev["index"]) == ("node-1", "cadr", "cadr:incident", "security")
+    assert (ev["host"], ev["source"], ev["sourcetype"], ev["index"]) == (
+        "node-1",
+        "cadr",
+        "cadr:incident",
+        "security",
+    )
     assert ev["event"]["incident_id"] == ev["fields"]["incident_id"]
     assert isinstance(ev["time"], float)
     ids = [f"{e['fields']['incident_id']}:{e['fields']['revision']}" for e in hec.events]
@@ -186,7 +193,13 @@ async def test_hec_over_mutual_tls(ca: trustme.CA, tls_files: dict[str, str]) ->
         assert len(hec.events) == 1
         # without the client certificate the handshake fails: not delivered, reported
         cfg = parse_destination(
-            {"name": "x", "type": "splunk_hec", "url": hec.url, "token": "hec-token", "tls": {"ca_file": tls_files["ca_file"]}},
+            {
+                "name": "x",
+                "type": "splunk_hec",
+                "url": hec.url,
+                "token": "hec-token",
+                "tls": {"ca_file": tls_files["ca_file"]},
+            },
             "t",
         )
         result = await send_test(cfg)
@@ -195,7 +208,9 @@ async def test_hec_over_mutual_tls(ca: trustme.CA, tls_files: dict[str, str]) ->
 
 async def test_send_test_incident() -> None:
     async with HecServer() as hec:
-        cfg = parse_destination({"name": "x", "type": "splunk_hec", "url": hec.url, "token": "hec-token"}, "t")
+        cfg = parse_destination(
+            {"name": "x", "type": "splunk_hec", "url": hec.url, "token": "hec-token"}, "t"
+        )
         result = await send_test(cfg, node="node-1")
     assert result.ok, result.message
     (ev,) = hec.events
@@ -207,7 +222,9 @@ async def test_send_test_incident() -> None:
 
 async def test_bulk_creates_documents_with_idempotent_ids() -> None:
     async with BulkServer(api_key="k") as es:
-        run = Run({"type": "elasticsearch", "url": es.url, "api_key": "k", "index": "cadr-%Y.%m", "batch_size": 8})
+        run = Run(
+            {"type": "elasticsearch", "url": es.url, "api_key": "k", "index": "cadr-%Y.%m", "batch_size": 8}
+        )
         items = run.items(_pairs(6, 2))
         await run.deliver(items)
         # a retry of the same records is answered 409 and counted as duplicates

@@ -58,7 +58,9 @@ async def produce(bootstrap: str, topic: str, incidents: list[Incident | bytes])
 
 
 async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 60) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
     await consumer.start()
     out: list[Any] = []
     try:
@@ -128,7 +130,9 @@ def hec_ids(hec: HecServer) -> list[str]:
 
 
 def assert_complete_and_ordered(ids: list[str], expected: set[str]) -> None:
-    assert set(ids) == expected, f"missing {sorted(expected - set(ids))[:5]} extra {sorted(set(ids) - expected)[:5]}"
+    assert set(ids) == expected, (
+        f"missing {sorted(expected - set(ids))[:5]} extra {sorted(set(ids) - expected)[:5]}"
+    )
     last: dict[str, int] = {}
     for dedup in dict.fromkeys(ids):
         key, rev = dedup.rsplit(":", 1)
@@ -142,7 +146,8 @@ async def test_forwards_in_order_and_commits_after_ack(kafka_broker: LocalKafka,
     await produce(kafka_broker.bootstrap, settings.topic("incidents"), list(updates))
     async with HecServer() as hec:
         cfg = forward_config(
-            topics, {"name": "splunk", "type": "splunk_hec", "url": hec.url, "token": "hec-token", "batch_size": 16}
+            topics,
+            {"name": "splunk", "type": "splunk_hec", "url": hec.url, "token": "hec-token", "batch_size": 16},
         )
         fw = Forwarder(settings, cfg)
         async with running(fw):
@@ -151,7 +156,9 @@ async def test_forwards_in_order_and_commits_after_ack(kafka_broker: LocalKafka,
             await wait_for(lambda: fw.metrics.destinations["splunk"].commits > 0, what="a commit")
             assert runner.consumer is not None
             ends = await end_offsets(runner.consumer, settings.topic("incidents"))
-            await wait_for(lambda: sum(runner._committed.values()) == sum(ends.values()), 30, "the last commit")
+            await wait_for(
+                lambda: sum(runner._committed.values()) == sum(ends.values()), 30, "the last commit"
+            )
             await runner.update_lag()
             assert fw.metrics.destinations["splunk"].lag == 0
     assert_complete_and_ordered(hec_ids(hec), {f"{u.incident_id}:{u.revision}" for u in updates})
@@ -179,7 +186,9 @@ async def test_dead_letters_keep_the_reply_and_the_record(kafka_broker: LocalKaf
     refused, garbage = values
     assert refused["destination"] == "es" and refused["type"] == "elasticsearch"
     assert refused["reason"] == "rejected by destination"
-    assert refused["reply"]["status"] == 400 and refused["reply"]["error"]["type"] == "mapper_parsing_exception"
+    assert (
+        refused["reply"]["status"] == 400 and refused["reply"]["error"]["type"] == "mapper_parsing_exception"
+    )
     assert refused["record"]["incident_id"] == "inc-000003" and refused["dedup_id"] == "inc-000003:1"
     assert refused["source"]["topic"] == settings.topic("incidents")
     assert garbage["reason"].startswith("undecodable record") and garbage["record_text"] == "{not json"
@@ -225,8 +234,19 @@ async def test_one_destination_down_holds_back_only_itself(kafka_broker: LocalKa
     async with HecServer() as hec:
         cfg = forward_config(
             topics,
-            {"name": "up", "type": "splunk_hec", "url": hec.url, "token": "hec-token", "min_severity": "high"},
-            {"name": "down", "type": "webhook", "url": hook.url + "/hook", "filter": {"namespaces": ["shop"]}},
+            {
+                "name": "up",
+                "type": "splunk_hec",
+                "url": hec.url,
+                "token": "hec-token",
+                "min_severity": "high",
+            },
+            {
+                "name": "down",
+                "type": "webhook",
+                "url": hook.url + "/hook",
+                "filter": {"namespaces": ["shop"]},
+            },
         )
         fw = Forwarder(settings, cfg)
         async with running(fw):
@@ -261,7 +281,8 @@ async def test_cli_test_incident(kafka_broker: LocalKafka, topic_prefix: str, tm
             tmp_path / "cadr.toml",
             kafka_broker,
             topic_prefix,
-            f'[[forward.destinations]]\nname = "splunk"\ntype = "splunk_hec"\nurl = "{hec.url}"\ntoken = "hec-token"\n',
+            f'[[forward.destinations]]\nname = "splunk"\ntype = "splunk_hec"\n'
+            f'url = "{hec.url}"\ntoken = "hec-token"\n',
         )
         proc = await asyncio.create_subprocess_exec(
             *_cadr("--config", str(conf), "forward", "--test", "splunk"),

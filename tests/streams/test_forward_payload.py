@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from tests.streams.forward_servers import make_incident
 
 from schemas.records import IncidentStatus, Severity
 from streams.forward.cef import cef_line, escape_extension, escape_header
 from streams.forward.config import FilterConfig, parse_destination
 from streams.forward.payload import format_payload, make_item, matches, rfc3339, sample_incident
 from streams.forward.syslog import Syslog, compact_payload, frame, rfc5424, sd_escape
+from tests.streams.forward_servers import make_incident
 
 
 def test_min_severity() -> None:
@@ -106,7 +106,10 @@ def test_rfc5424_and_octet_counting() -> None:
         structured_data='[cadr@32473 incident_id="x"]',
         msg=b'{"a":1}',
     )
-    assert msg == b'<131>1 2026-11-27T10:00:00.000001Z node_1 cadr - incident [cadr@32473 incident_id="x"] {"a":1}'
+    assert (
+        msg
+        == b'<131>1 2026-11-27T10:00:00.000001Z node_1 cadr - incident [cadr@32473 incident_id="x"] {"a":1}'
+    )
     assert frame(msg) == str(len(msg)).encode() + b" " + msg
     assert sd_escape('a"b]c\\') == 'a\\"b\\]c\\\\'
     assert rfc3339(1_790_000_000_123_456_789) == "2026-09-21T14:13:20.123456Z"
@@ -125,7 +128,10 @@ def test_syslog_frame_for_an_incident() -> None:
     assert int(length) == len(message)
     # local0 (16) * 8 + critical (2)
     assert message.startswith(b"<130>1 ")
-    assert b' node-1 cadr - incident [cadr@32473 incident_id="inc-000005" revision="2" severity="critical"' in message
+    assert (
+        b' node-1 cadr - incident [cadr@32473 incident_id="inc-000005" revision="2" severity="critical"'
+        in message
+    )
     body = message[message.index(b"] ") + 2 :]
     assert orjson.loads(body)["incident_id"] == "inc-000005"
 

@@ -289,11 +289,12 @@ def test_before_events_build_state(tmp_path: Path) -> None:
     fire:
       - name: written then run
         before:
-          - {source: ebpf, kind: file_open, workload: {pod: p, container_id: c1}, file: {path: /x, write: true}}
-        event: {source: ebpf, kind: process_exec, workload: {pod: p, container_id: c1}, process: {exe: /x}}
+          - {source: ebpf, kind: file_open, workload: &pod {pod: p, container_id: c1},
+             file: {path: /x, write: true}}
+        event: &run {source: ebpf, kind: process_exec, workload: *pod, process: {exe: /x}}
     no_fire:
       - name: run without the write
-        event: {source: ebpf, kind: process_exec, workload: {pod: p, container_id: c1}, process: {exe: /x}}
+        event: *run
     """
     write_rule(tmp_path, condition="spawned_process and state.written(process.exe)", cases_text=cases)
     rules = load_rules([tmp_path])
@@ -307,16 +308,17 @@ def test_baseline_is_installed_as_a_complete_profile(tmp_path: Path) -> None:
     fire:
       - name: exec outside the profile
         baseline: {execs: {/usr/sbin/nginx: ["-g *"]}}
-        event: {source: ebpf, kind: process_exec, workload: {namespace: a, pod: p, container: c, container_id: c1},
-                process: {exe: /bin/sh, args: [sh]}}
+        event: &sh
+          source: ebpf
+          kind: process_exec
+          workload: {namespace: a, pod: p, container: c, container_id: c1}
+          process: {exe: /bin/sh, args: [sh]}
     no_fire:
       - name: exec in the profile
         baseline: {execs: {/bin/sh: [""]}}
-        event: {source: ebpf, kind: process_exec, workload: {namespace: a, pod: p, container: c, container_id: c1},
-                process: {exe: /bin/sh, args: [sh]}}
+        event: *sh
       - name: no profile yet (learning)
-        event: {source: ebpf, kind: process_exec, workload: {namespace: a, pod: p, container: c, container_id: c1},
-                process: {exe: /bin/sh, args: [sh]}}
+        event: *sh
     """
     write_rule(tmp_path, condition="spawned_process and not baseline.seen_exec()", cases_text=cases)
     rules = load_rules([tmp_path])
@@ -338,14 +340,15 @@ def test_a_case_may_redefine_lists_and_macros_like_a_site_file(tmp_path: Path) -
       - name: policy on, shell not allowed
         macros: {shell_policy_on: spawned_process}
         lists: {allowed_shells: [/bin/bash]}
-        event: {source: ebpf, kind: process_exec, workload: {pod: p, container_id: c1}, process: {exe: /bin/sh}}
+        event: &sh
+          {source: ebpf, kind: process_exec, workload: {pod: p, container_id: c}, process: {exe: /bin/sh}}
     no_fire:
       - name: off by default
-        event: {source: ebpf, kind: process_exec, workload: {pod: p, container_id: c1}, process: {exe: /bin/sh}}
+        event: *sh
       - name: policy on, shell allowed
         macros: {shell_policy_on: spawned_process}
         lists: {allowed_shells: [/bin/sh]}
-        event: {source: ebpf, kind: process_exec, workload: {pod: p, container_id: c1}, process: {exe: /bin/sh}}
+        event: *sh
     """
     write_rule(
         tmp_path, condition="shell_policy_on and not process.exe in (allowed_shells)", cases_text=cases

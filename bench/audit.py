@@ -1,0 +1,257 @@
+"""Benchmark: audit events/s accepted through the TLS webhook into Kafka, against a bare orjson decode.
+
+The payloads are what the API server's batch webhook backend sends: ``EventList`` bodies of 100-400
+events (random sizes, fixed seed), built from the recorded Falco corpus events (each with a fresh
+auditID; this mix is heavier than a production audit stream, where most events are Metadata-level
+reads). A separate client process POSTs them over TLS with a client certificate and a bearer token on
+``--senders`` keep-alive connections; the webhook (this process) validates, normalizes, publishes
+each batch to a real Kafka broker with acks=all and answers 200 only after the ack.
+
+Printed, all from the same run and the same payloads:
+- webhook: events/s from the first request to the last 200, checked against the topic's end offsets;
+- baseline: a bare ``orjson.loads`` of every body (events/s), and the ratio webhook / baseline;
+- breakdown: ``process_body`` alone (parse + validate + normalize + encode, no network, no Kafka).
+
+    python bench/audit.py [--events 100000] [--senders 4] [--kafka BOOTSTRAP]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import random
+import ssl
+import struct
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cadr.config import AuditSettings
+from cadr.kafka_local import LocalKafka
+from cadr.topics import ensure_topics
+from sensors.audit.credentials import ensure_local_credentials
+from sensors.audit.service import tune_gc
+from sensors.audit.sink import KafkaSink
+from sensors.audit.webhook import AuditWebhook, process_body
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "k8s_audit" / "falco"
+if not CORPUS.is_dir():
+    CORPUS = Path("/work/shared/corpus/k8s_audit/falco")
+
+
+def corpus_events() -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(CORPUS.glob("*.json")):
+        for line in path.read_bytes().splitlines():
+            if line.strip():
+                doc = orjson.loads(line)
+                if isinstance(doc, dict) and doc.get("kind") == "Event":
+                    out.append(doc)
+    return out
+
+
+def build_bodies(total: int, seed: int) -> tuple[list[bytes], int]:
+    """EventList bodies of 100-400 events until ``total`` events; returns (bodies, events)."""
+    base = corpus_events()
+    rng = random.Random(seed)
+    bodies: list[bytes] = []
+    n = 0
+    while n < total:
+        size = min(rng.randint(100, 400), total - n) if total - n >= 100 else total - n
+        items = []
+        for _ in range(size):
+            ev = dict(rng.choice(base))
+            ev["auditID"] = f"{uuid.UUID(int=rng.getrandbits(128))}"
+            items.append(ev)
+        n += size
+        bodies.append(
+            orjson.dumps(
+                {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": items}
+            )
+        )
+    return bodies, n
+
+
+# -- the client (a separate process, like the API server) ----------------------------------------
+
+
+def _client_main(
+    body_file: str, url: str, ca: str, cert: str, key: str, token: str, senders: int, out: Any
+) -> None:
+    import aiohttp
+
+    data = Path(body_file).read_bytes()
+    bodies = []
+    pos = 0
+    while pos < len(data):
+        (length,) = struct.unpack_from("<I", data, pos)
+        bodies.append(data[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+
+    async def run() -> tuple[float, dict[int, int]]:
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.load_cert_chain(cert, key)
+        statuses: dict[int, int] = {}
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        for b in bodies:
+            queue.put_nowait(b)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        connector = aiohttp.TCPConnector(ssl=ctx, limit=senders)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def sender() -> None:
+                while True:
+                    try:
+                        body = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+                        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+            # warm the connections (TLS handshakes) outside the timed part
+            async with session.get(url + "healthz", headers=headers) as resp:
+                await resp.read()
+            start = time.perf_counter()
+            await asyncio.gather(*(sender() for _ in range(senders)))
+            return time.perf_counter() - start, statuses
+
+    elapsed, statuses = asyncio.run(run())
+    out.send((elapsed, statuses))
+
+
+# -- the server side -----------------------------------------------------------------------------
+
+
+async def _end_offsets(bootstrap: str, topic: str) -> int:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        offsets = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        return sum(offsets.values())
+    finally:
+        await consumer.stop()
+
+
+async def bench_webhook(
+    bodies: list[bytes], events: int, bootstrap: str, senders: int, workdir: Path
+) -> dict[str, Any]:
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    await ensure_topics(bootstrap, prefix, partitions=4)
+    creds = ensure_local_credentials(workdir / "tls")
+    settings = AuditSettings(
+        host="127.0.0.1",
+        port=0,
+        tls_cert=str(creds.server_cert),
+        tls_key=str(creds.server_key),
+        client_ca=str(creds.ca_cert),
+        token_file=str(creds.token_file),
+    )
+    sink = KafkaSink(bootstrap, f"{prefix}raw", f"{prefix}dlq", timeout_s=60)
+    hook = AuditWebhook(settings, sink, cluster="bench", node="bench")
+    await hook.start()
+    body_file = workdir / "bodies.bin"
+    with open(body_file, "wb") as fh:
+        for b in bodies:
+            fh.write(struct.pack("<I", len(b)) + b)
+    try:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=_client_main,
+            args=(
+                str(body_file),
+                hook.url,
+                str(creds.ca_cert),
+                str(creds.client_cert),
+                str(creds.client_key),
+                creds.token_file.read_text().strip(),
+                senders,
+                child,
+            ),
+        )
+        proc.start()
+        while not parent.poll():
+            await asyncio.sleep(0.05)
+        elapsed, statuses = parent.recv()
+        proc.join(30)
+    finally:
+        await hook.stop()
+    stored = await _end_offsets(bootstrap, f"{prefix}raw")
+    return {"elapsed": elapsed, "statuses": statuses, "stored": stored, "events": events}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=100_000, help="events to send (default: 100000)")
+    ap.add_argument("--senders", type=int, default=4, help="concurrent client connections (default: 4)")
+    ap.add_argument("--seed", type=int, default=1, help="payload seed (default: 1)")
+    ap.add_argument("--kafka", help="use this broker instead of starting a local one (default: local)")
+    args = ap.parse_args()
+
+    bodies, events = build_bodies(args.events, args.seed)
+    total_bytes = sum(map(len, bodies))
+    tune_gc()  # what `cadr sensor audit` does at start; the baseline below runs under it too
+    print(
+        f"payload: {events} events in {len(bodies)} EventList bodies of 100-400, "
+        f"{total_bytes / events:.0f} B/event"
+    )
+
+    start = time.perf_counter()
+    for b in bodies:
+        orjson.loads(b)
+    decode_s = time.perf_counter() - start
+    baseline = events / decode_s
+
+    start = time.perf_counter()
+    for b in bodies:
+        process_body(b, cluster="bench", node="bench")
+    normalize_rate = events / (time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory(prefix="cadr-bench-audit-") as tmp:
+        workdir = Path(tmp)
+        kafka = None
+        bootstrap = args.kafka
+        if not bootstrap:
+            kafka = LocalKafka(workdir / "kafka")
+            kafka.start()
+            bootstrap = kafka.bootstrap
+        try:
+            result = asyncio.run(bench_webhook(bodies, events, bootstrap, args.senders, workdir))
+        finally:
+            if kafka is not None:
+                kafka.close()
+
+    rate = events / result["elapsed"]
+    ok = result["statuses"] == {200: len(bodies)} and result["stored"] == events
+    print(f"baseline  orjson.loads of the same bodies:          {baseline:>10,.0f} events/s")
+    print(f"breakdown process_body (validate+normalize+encode): {normalize_rate:>10,.0f} events/s")
+    print(
+        f"webhook   TLS + client cert + token -> Kafka acks=all: {rate:>8,.0f} events/s "
+        f"({total_bytes / result['elapsed'] / 1e6:.1f} MB/s, {args.senders} senders)"
+    )
+    print(f"ratio webhook / orjson decode: {rate / baseline:.3f} (goal: webhook >= 20,000 events/s)")
+    print(
+        f"responses {result['statuses']}; records in the raw topic {result['stored']} of {events}: "
+        + ("ok" if ok else "MISMATCH")
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
