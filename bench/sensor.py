@@ -46,7 +46,11 @@ STORM_C = r"""
 #include <time.h>
 #include <unistd.h>
 
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
 
 int main(int argc, char **argv) {
     if (argc < 4) return 2;
@@ -78,7 +82,9 @@ int main(int argc, char **argv) {
 """
 
 BPFTRACE_OPEN = r"""
-tracepoint:syscalls:sys_enter_openat /(args->flags & 3) != 0/ { @path[tid] = args->filename; @flags[tid] = args->flags; }
+tracepoint:syscalls:sys_enter_openat /(args->flags & 3) != 0/ {
+  @path[tid] = args->filename; @flags[tid] = args->flags;
+}
 tracepoint:syscalls:sys_exit_openat /@path[tid]/ {
   printf("open %d %d %s %d %s %d %d\n", pid, tid, comm, cgroup, str(@path[tid]), @flags[tid], args->ret);
   delete(@path[tid]); delete(@flags[tid]);
@@ -87,7 +93,9 @@ tracepoint:syscalls:sys_exit_openat /@path[tid]/ {
 
 BPFTRACE_EXEC = r"""
 tracepoint:syscalls:sys_enter_execve { printf("argv %d ", pid); join(args->argv); }
-tracepoint:sched:sched_process_exec { printf("exec %d %d %d %s %s %d\n", pid, curtask->real_parent->tgid, uid, comm, str(args->filename), cgroup); }
+tracepoint:sched:sched_process_exec {
+  printf("exec %d %d %d %s %s %d\n", pid, curtask->real_parent->tgid, uid, comm, str(args->filename), cgroup);
+}
 tracepoint:sched:sched_process_fork { printf("fork %d %d\n", args->parent_pid, args->child_pid); }
 tracepoint:sched:sched_process_exit { printf("exit %d %d\n", pid, curtask->exit_code); }
 """
@@ -126,13 +134,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 def prog_ids() -> set[int]:
-    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        ["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=False
+    ).stdout
     return {int(p["id"]) for p in json.loads(out or "[]")}
 
 
 def bpf_runtime_ns(ids: set[int]) -> int:
     """Total run_time_ns of the given BPF programs (kernel.bpf_stats_enabled=1)."""
-    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        ["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=False
+    ).stdout
     return sum(int(p.get("run_time_ns") or 0) for p in json.loads(out or "[]") if int(p["id"]) in ids)
 
 
@@ -170,7 +182,9 @@ def settle(count, expected: int, timeout: float = 60.0) -> int:  # type: ignore[
 
 
 def run_storm(storm: Path, kind: str, n: int, rate: float, target: str) -> float:
-    out = subprocess.run([str(storm), kind, str(n), str(rate), target], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(storm), kind, str(n), str(rate), target], capture_output=True, text=True, check=True
+    )
     return float(out.stdout.strip())
 
 
@@ -184,7 +198,9 @@ def bench_cadr(work: Path, storm: Path, kind: str, n: int, rate: float, target: 
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for(lambda: out.exists() and b'"state":"started"' in out.read_bytes()[:4096], 60, "cadr to attach")
+        wait_for(
+            lambda: out.exists() and b'"state":"started"' in out.read_bytes()[:4096], 60, "cadr to attach"
+        )
         ids = prog_ids() - before
         cpu0, bpf0 = cpu_seconds(proc.pid), bpf_runtime_ns(ids)
         seconds = run_storm(storm, kind, n, rate, target)
@@ -198,7 +214,11 @@ def bench_cadr(work: Path, storm: Path, kind: str, n: int, rate: float, target: 
             def count() -> int:
                 # the children's exec_ids from their exec events; forks and exits share them
                 events = [json.loads(line) for line in out.read_bytes().splitlines() if b'"process_' in line]
-                ids = {e["process"]["exec_id"] for e in events if e["kind"] == "process_exec" and e["process"].get("exe") == target}
+                ids = {
+                    e["process"]["exec_id"]
+                    for e in events
+                    if e["kind"] == "process_exec" and e["process"].get("exe") == target
+                }
                 return sum(1 for e in events if e["process"]["exec_id"] in ids)
 
         captured = settle(count, expected)
@@ -214,8 +234,12 @@ def bench_cadr(work: Path, storm: Path, kind: str, n: int, rate: float, target: 
     for line in reversed(out.read_bytes().splitlines()):
         if b'"state":"stopped"' in line:
             h = json.loads(line)["health"]
-            print(f"  cadr {kind}: kernel drops {h.get('kernel_drops', 0)}, user drops {h.get('user_drops', 0)}, "
-                  f"events {h.get('events', 0)}", flush=True)
+            print(
+                f"  cadr {kind}: kernel drops {h.get('kernel_drops', 0)}, "
+                f"user drops {h.get('user_drops', 0)}, "
+                f"events {h.get('events', 0)}",
+                flush=True,
+            )
             break
     return Result("cadr", kind, expected, min(captured, expected), seconds, cpu, bpf)
 
@@ -227,10 +251,14 @@ def bench_bpftrace(work: Path, storm: Path, kind: str, n: int, rate: float, targ
     out.unlink(missing_ok=True)
     before = prog_ids()
     proc = subprocess.Popen(
-        ["bpftrace", "-f", "json", "-o", str(out), str(script)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        ["bpftrace", "-f", "json", "-o", str(out), str(script)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: out.exists() and b"attached_probes" in out.read_bytes()[:4096], 60, "bpftrace to attach")
+        wait_for(
+            lambda: out.exists() and b"attached_probes" in out.read_bytes()[:4096], 60, "bpftrace to attach"
+        )
         time.sleep(0.5)
         ids = prog_ids() - before
         cpu0, bpf0 = cpu_seconds(proc.pid), bpf_runtime_ns(ids)
@@ -255,7 +283,10 @@ def bench_bpftrace(work: Path, storm: Path, kind: str, n: int, rate: float, targ
                     for tag in (b'"exec ', b'"exit '):
                         if tag in line and line.split(tag, 1)[1].split(b" ", 1)[0] in pids:
                             n_ev += 1
-                    if b'"fork ' in line and line.split(b'"fork ', 1)[1].split(b" ")[1].strip(b'\\n"}') in pids:
+                    if (
+                        b'"fork ' in line
+                        and line.split(b'"fork ', 1)[1].split(b" ")[1].strip(b'\\n"}') in pids
+                    ):
                         n_ev += 1
                 return n_ev
 
@@ -279,7 +310,24 @@ def decoder_rate(n: int = 200_000) -> float:
     from sensors.ebpf.decode import BootClock, Decoder
 
     path = b"/var/lib/app/data/cadr-bench.log"
-    hdr = (layout.T_OPEN, layout.OPEN.size + len(path), 0, 0, 1, 4242, 4242, 123456, 1, 0, 654321, 7, 0, 1, 2, b"bench\0")
+    hdr = (
+        layout.T_OPEN,
+        layout.OPEN.size + len(path),
+        0,
+        0,
+        1,
+        4242,
+        4242,
+        123456,
+        1,
+        0,
+        654321,
+        7,
+        0,
+        1,
+        2,
+        b"bench\0",
+    )
     buf = bytearray()
     offsets = []
     for i in range(1000):
@@ -304,7 +352,9 @@ def decoder_rate(n: int = 200_000) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--opens", type=int, default=2_000_000, help="opens in the open storm (default: 2000000)")
-    ap.add_argument("--rate", type=float, default=200_000, help="open storm pace, opens/s; 0 = unpaced (default: 200000)")
+    ap.add_argument(
+        "--rate", type=float, default=200_000, help="open storm pace, opens/s; 0 = unpaced (default: 200000)"
+    )
     ap.add_argument("--execs", type=int, default=3000, help="fork+execs in the exec storm (default: 3000)")
     ap.add_argument("--ring-mb", type=int, default=64, help="cadr ring buffer MiB (default: 64)")
     ap.add_argument("--skip-bpftrace", action="store_true", help="cadr only (default: both)")
@@ -341,7 +391,10 @@ def main() -> int:
                 if args.only and kind != args.only:
                     continue
                 alone = run_storm(storm, kind, n, rate, tgt)
-                print(f"storm {kind}: {n} operations in {alone:.2f}s with no tracer ({n / alone:,.0f}/s)", flush=True)
+                print(
+                    f"storm {kind}: {n} operations in {alone:.2f}s with no tracer ({n / alone:,.0f}/s)",
+                    flush=True,
+                )
                 results.append(bench_cadr(work, storm, kind, n, rate, tgt, args.ring_mb))
                 if not args.skip_bpftrace:
                     results.append(bench_bpftrace(work, storm, kind, n, rate, tgt))
@@ -350,18 +403,23 @@ def main() -> int:
         if mounted_tracefs:
             subprocess.run(["umount", "/sys/kernel/tracing"], check=False)
 
-    print(f"{'tool':9} {'storm':5} {'expected':>9} {'captured':>9} {'loss %':>7} {'events/s':>10} "
-          f"{'CPU s/100k':>10} {'BPF ns/ev':>9}")
+    print(
+        f"{'tool':9} {'storm':5} {'expected':>9} {'captured':>9} {'loss %':>7} {'events/s':>10} "
+        f"{'CPU s/100k':>10} {'BPF ns/ev':>9}"
+    )
     for r in results:
-        print(f"{r.tool:9} {r.storm:5} {r.expected:9d} {r.captured:9d} {r.loss:7.2f} {r.rate:10.0f} "
-              f"{r.cpu_per_100k:10.3f} {r.bpf_ns_per_event:9.0f}")
+        print(
+            f"{r.tool:9} {r.storm:5} {r.expected:9d} {r.captured:9d} {r.loss:7.2f} {r.rate:10.0f} "
+            f"{r.cpu_per_100k:10.3f} {r.bpf_ns_per_event:9.0f}"
+        )
     by = {(r.tool, r.storm): r for r in results}
     for storm in ("open", "exec"):
         c, b = by.get(("cadr", storm)), by.get(("bpftrace", storm))
         if c and b:
             bpf_ratio = c.bpf_ns_per_event / b.bpf_ns_per_event if b.bpf_ns else float("nan")
             print(
-                f"ratio cadr/bpftrace [{storm}]: user-space CPU per event {c.cpu_per_100k / b.cpu_per_100k:.2f}x, "
+                f"ratio cadr/bpftrace [{storm}]: "
+                f"user-space CPU per event {c.cpu_per_100k / b.cpu_per_100k:.2f}x, "
                 f"in-kernel BPF time per event {bpf_ratio:.2f}x, loss {c.loss:.2f}% vs {b.loss:.2f}%"
             )
     print(f"python decoder alone (decode + JSON encode): {decoder_rate():,.0f} events/s")

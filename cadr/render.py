@@ -41,10 +41,13 @@ def render_incident(inc: Incident, width: int = 110) -> str:
     lines = []
     mark = _SEV_MARK.get(inc.severity.value, "?")
     lines.append(f"{mark} [{inc.severity.value.upper()}] {inc.title}")
-    lines.append(f"  {inc.incident_id} · revision {inc.revision} · {inc.status.value} · {_ts(inc.first_seen, True)} → {_ts(inc.last_seen, True)}")
+    lines.append(
+        f"  {inc.incident_id} · revision {inc.revision} · {inc.status.value} · {_ts(inc.first_seen, True)} → {_ts(inc.last_seen, True)}"
+    )
     actors = ", ".join(f"{a.name} ({a.kind.replace('_', ' ')})" for a in inc.actors) or "unknown"
     wls = ", ".join(
-        f"{w.namespace}/{w.pod or w.workload_name}" if w.namespace else (w.pod or "host") for w in inc.workloads
+        f"{w.namespace}/{w.pod or w.workload_name}" if w.namespace else (w.pod or "host")
+        for w in inc.workloads
     )
     lines.append(f"  actors: {actors}")
     lines.append(f"  workloads: {wls}")

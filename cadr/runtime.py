@@ -52,7 +52,11 @@ def ensure_topics_sync(settings: Settings) -> None:
     """Create the topics of DESIGN.md (idempotent)."""
     from cadr.topics import ensure_topics
 
-    asyncio.run(ensure_topics(settings.kafka.bootstrap, prefix=settings.kafka.topic_prefix, partitions=settings.kafka.partitions))
+    asyncio.run(
+        ensure_topics(
+            settings.kafka.bootstrap, prefix=settings.kafka.topic_prefix, partitions=settings.kafka.partitions
+        )
+    )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -84,7 +88,9 @@ class ChildProcess:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -115,7 +121,9 @@ class ChildProcess:
         self.stop()
 
 
-def spawn_cadr(name: str, args: list[str], settings: Settings, extra_env: dict[str, str] | None = None) -> ChildProcess:
+def spawn_cadr(
+    name: str, args: list[str], settings: Settings, extra_env: dict[str, str] | None = None
+) -> ChildProcess:
     """Start ``cadr ARGS`` as a child with ``settings`` passed through the environment."""
     env = settings_env(settings)
     env.update(extra_env or {})

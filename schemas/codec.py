@@ -81,7 +81,9 @@ def to_dict(record: msgspec.Struct) -> dict[str, Any]:
     return out
 
 
-def decode(data: bytes | str | dict[str, Any], type_: type[T], *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> T:
+def decode(
+    data: bytes | str | dict[str, Any], type_: type[T], *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> T:
     """Decode JSON bytes (or an already-parsed dict) into ``type_``, validating every field."""
     if isinstance(data, dict):
         try:
@@ -96,7 +98,9 @@ def decode(data: bytes | str | dict[str, Any], type_: type[T], *, max_bytes: int
     except msgspec.ValidationError as exc:
         message = str(exc)
         if message.startswith("Expected `object`, got"):
-            message = "expected a JSON object, got " + message.removeprefix("Expected `object`, got ").strip("`")
+            message = "expected a JSON object, got " + message.removeprefix("Expected `object`, got ").strip(
+                "`"
+            )
         raise RecordError(message) from exc
     except msgspec.DecodeError as exc:
         raise RecordError(f"invalid JSON: {exc}") from exc

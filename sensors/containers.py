@@ -1,20 +1,18 @@
 """Which container a cgroup path belongs to, and the protocol that names its workload.
 
-Container runtimes put each container in a cgroup whose path carries the container id:
+Runtimes name each container's cgroup after its id (``<uid>`` is the pod uid, ``<id>`` 64 hex):
 
-=============================  ======================================================================
-runtime / cgroup driver        path (v2; under v1 the same path appears in each controller)
-=============================  ======================================================================
-containerd, systemd driver     ``/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid>.slice/cri-containerd-<id>.scope``
-containerd, cgroupfs driver    ``/kubepods/besteffort/pod<uid>/<id>``
-containerd v1 systemd          ``/system.slice/containerd.service/kubepods-burstable-pod<uid>.slice:cri-containerd:<id>``
-CRI-O, systemd driver          ``/kubepods.slice/.../crio-<id>.scope`` (``crio-conmon-<id>.scope`` is its monitor)
-CRI-O, cgroupfs driver         ``/kubepods/burstable/pod<uid>/crio-<id>``
-docker, systemd driver         ``/system.slice/docker-<id>.scope``
-docker, cgroupfs driver        ``/docker/<id>``
-podman                         ``/machine.slice/libpod-<id>.scope``
-nested (kind, docker-in-dock)  ``/docker/<node id>/kubepods/.../<id>`` (the innermost id is the container)
-=============================  ======================================================================
+* containerd, systemd driver: ``/kubepods.slice/kubepods-besteffort.slice/``
+  ``kubepods-besteffort-pod<uid>.slice/cri-containerd-<id>.scope``
+* containerd, cgroupfs driver: ``/kubepods/besteffort/pod<uid>/<id>``
+* containerd with systemd driver as cgroup v1 shows it:
+  ``/system.slice/containerd.service/kubepods-burstable-pod<uid>.slice:cri-containerd:<id>``
+* CRI-O: ``/kubepods.slice/.../crio-<id>.scope`` or ``/kubepods/burstable/pod<uid>/crio-<id>``
+  (``crio-conmon-<id>.scope`` is its monitor, not the container)
+* docker: ``/system.slice/docker-<id>.scope`` or ``/docker/<id>``; podman: ``libpod-<id>.scope``
+* nested (kind, docker-in-docker): ``/docker/<node id>/kubepods/.../<id>``: the innermost id wins
+
+The same paths appear under each cgroup v1 controller on v1 hosts.
 
 The Kubernetes side (``sensors.k8s``) implements :class:`WorkloadResolver` from the pod
 watch (``status.containerStatuses[].containerID`` is ``<runtime>://<id>``);
@@ -27,6 +25,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+import msgspec
 
 from schemas.records import Workload
 
@@ -144,7 +144,7 @@ class StaticWorkloadResolver:
     def add(self, container_id: str, workload: Workload) -> None:
         cid = normalize_container_id(container_id)
         if not workload.container_id:
-            workload = Workload(**{**_fields(workload), "container_id": cid})
+            workload = msgspec.structs.replace(workload, container_id=cid)
         self._by_id[cid] = workload
 
     def remove(self, container_id: str) -> None:
@@ -152,7 +152,3 @@ class StaticWorkloadResolver:
 
     def resolve(self, container_id: str) -> Workload | None:
         return self._by_id.get(normalize_container_id(container_id))
-
-
-def _fields(workload: Workload) -> dict[str, object]:
-    return {name: getattr(workload, name) for name in workload.__struct_fields__}

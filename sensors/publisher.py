@@ -156,7 +156,9 @@ class Publisher:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish_nowait(self, value: Event | bytes, key: bytes | str | None = None, timestamp_ms: int | None = None) -> None:
+    def publish_nowait(
+        self, value: Event | bytes, key: bytes | str | None = None, timestamp_ms: int | None = None
+    ) -> None:
         """Queue one record (never blocks; memory is bounded by spilling to the spool)."""
         if isinstance(value, Event):
             if key is None:
@@ -168,12 +170,16 @@ class Publisher:
             key = key.encode()
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending.append((key, value, timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000))
+        self._pending.append(
+            (key, value, timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000)
+        )
         self.published += 1
         if len(self._pending) >= self.batch_events:
             self._wakeup.set()
 
-    async def publish(self, value: Event | bytes, key: bytes | str | None = None, timestamp_ms: int | None = None) -> None:
+    async def publish(
+        self, value: Event | bytes, key: bytes | str | None = None, timestamp_ms: int | None = None
+    ) -> None:
         self.publish_nowait(value, key, timestamp_ms)
         if len(self._pending) >= self.batch_events:
             await asyncio.sleep(0)
@@ -269,7 +275,9 @@ class Publisher:
             return unit.records
         producer = self._producer
         try:
-            parts = sorted(await asyncio.wait_for(producer.partitions_for(self.topic), self.request_timeout_s))
+            parts = sorted(
+                await asyncio.wait_for(producer.partitions_for(self.topic), self.request_timeout_s)
+            )
         except Exception as exc:
             self.last_error = f"metadata: {exc!r}"
             return unit.records
@@ -377,7 +385,7 @@ class Publisher:
             waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wakeup.wait())}
             if inflight is not None:
                 waiters.add(inflight)
-            done, _ = await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            _done, _ = await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 if w is not inflight and not w.done():
                     w.cancel()

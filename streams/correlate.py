@@ -28,7 +28,6 @@ import msgspec
 
 from cadr.config import CorrelateSettings
 from schemas.records import (
-    Actor,
     Alert,
     AlertRef,
     Edge,
@@ -239,7 +238,9 @@ class Correlator:
             node = _node_id(alert.event) if alert.event is not None else ""
             current = self.links.get(key)
             if current is None or current.incident_id != state.incident.incident_id:
-                self.links[key] = Link(incident_id=state.incident.incident_id, time=alert.time, thread=thread, node_id=node)
+                self.links[key] = Link(
+                    incident_id=state.incident.incident_id, time=alert.time, thread=thread, node_id=node
+                )
                 state.link_keys.append(key)
         self.stories[state.incident.incident_id] = state
         return state.incident
@@ -269,7 +270,9 @@ class Correlator:
 
     def _add(self, state: StoryState, alert: Alert, threads: set[str]) -> None:
         inc = state.incident
-        self.links[f"alert:{alert.alert_id}"] = Link(incident_id=inc.incident_id, time=alert.time, thread="alert")
+        self.links[f"alert:{alert.alert_id}"] = Link(
+            incident_id=inc.incident_id, time=alert.time, thread="alert"
+        )
         state.link_keys.append(f"alert:{alert.alert_id}")
         if len(inc.alerts) < _MAX_ALERTS:
             inc.alerts.append(
@@ -408,22 +411,34 @@ class Correlator:
             if t.kind != EventKind.K8S_API.value:
                 continue
             pod = state.node_pods.get(t.node_id, "")
-            is_session = any(
-                a in t.text for a in ("pods/exec", "pods/attach", "pods/portforward")
-            )
+            is_session = any(a in t.text for a in ("pods/exec", "pods/attach", "pods/portforward"))
             if pod:
                 # the session's root processes: the first runtime nodes in that pod with no
                 # parent inside the story
                 roots = [
-                    r for r in runtime
-                    if state.node_pods.get(r.node_id) == pod and state.parents.get(r.node_id) not in nodes
+                    r
+                    for r in runtime
+                    if state.node_pods.get(r.node_id) == pod
+                    and state.parents.get(r.node_id) not in nodes
                     and r.time >= t.time - 5_000_000_000
                 ]
                 if roots:
-                    edges.append(Edge(src=t.node_id, dst=roots[0].node_id, kind="exec_session" if is_session else "privileged_pod"))
+                    edges.append(
+                        Edge(
+                            src=t.node_id,
+                            dst=roots[0].node_id,
+                            kind="exec_session" if is_session else "privileged_pod",
+                        )
+                    )
         # token read -> API call of that service account
-        token_nodes = [t for t in runtime if t.kind == EventKind.FILE_OPEN.value and "serviceaccount/token" in t.text]
-        api_calls = [t for t in ordered if t.kind == EventKind.K8S_API.value and t.text.startswith("system:serviceaccount:")]
+        token_nodes = [
+            t for t in runtime if t.kind == EventKind.FILE_OPEN.value and "serviceaccount/token" in t.text
+        ]
+        api_calls = [
+            t
+            for t in ordered
+            if t.kind == EventKind.K8S_API.value and t.text.startswith("system:serviceaccount:")
+        ]
         for tok in token_nodes:
             for call in api_calls:
                 if call.time >= tok.time:
@@ -433,7 +448,11 @@ class Correlator:
             if t.kind == EventKind.NET_CONNECT.value and "(" in t.text:
                 peer = t.text.rsplit("(", 1)[1].rstrip(")")
                 for other in runtime:
-                    if other.time >= t.time and other.workload != t.workload and peer.split("/")[1:2] == other.workload.split("/")[:1]:
+                    if (
+                        other.time >= t.time
+                        and other.workload != t.workload
+                        and peer.split("/")[1:2] == other.workload.split("/")[:1]
+                    ):
                         edges.append(Edge(src=t.node_id, dst=other.node_id, kind="lateral"))
                         break
         unique: list[Edge] = []
@@ -469,8 +488,6 @@ class Correlator:
 
 def register(cadr_app: object) -> None:
     """Add the correlate agent: alerts → incidents, stories and links in Faust tables."""
-    import faust
-
     from schemas.codec import decode, decode_alert, encode
     from schemas.errors import RecordError
     from streams.app import CadrApp
@@ -482,8 +499,13 @@ def register(cadr_app: object) -> None:
     parts = settings.kafka.partitions
     # use_partitioner: the idle-close timer writes outside any stream event. Stories of a
     # cluster must then live on one worker: run correlate in a single worker per cluster.
-    stories_table = app.Table("cadr-stories", schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"), partitions=parts, use_partitioner=True)
-    links_table = app.Table("cadr-links", schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"), partitions=parts, use_partitioner=True)
+    # key_type/value_type bytes select Faust's "raw" codec, also when recovering from changelogs
+    stories_table = app.Table(
+        "cadr-stories", key_type=bytes, value_type=bytes, partitions=parts, use_partitioner=True
+    )
+    links_table = app.Table(
+        "cadr-links", key_type=bytes, value_type=bytes, partitions=parts, use_partitioner=True
+    )
     correlator = Correlator(
         settings=settings.correlate,
         stories=RecordTable(stories_table, lambda b: decode(b, StoryState, max_bytes=64 << 20)),

@@ -169,7 +169,9 @@ class Detector:
         rule = match.rule
         # Deterministic id: a redelivered event after a crash yields the same alert id, so
         # correlation folds it instead of telling the story twice.
-        alert_id = hashlib.blake2b(f"{rule.id}\x1f{match.dedup_key}\x1f{event.event_id}".encode(), digest_size=10).hexdigest()
+        alert_id = hashlib.blake2b(
+            f"{rule.id}\x1f{match.dedup_key}\x1f{event.event_id}".encode(), digest_size=10
+        ).hexdigest()
         context = self.state.ancestry(event)
         if event.process is not None and event.kind is EventKind.PROCESS_EXEC and event.process.exe:
             wrote = self.state.write_event(event, event.process.exe)
@@ -196,23 +198,27 @@ class Detector:
         )
 
 
-def build_detector(settings: DetectSettings, profiles: MutableMapping[str, Profile] | None = None) -> Detector:
+def build_detector(
+    settings: DetectSettings, profiles: MutableMapping[str, Profile] | None = None
+) -> Detector:
     """A detector with the built-in rules plus the configured extra rule folders."""
     rules = load_rules(settings.rules_dirs, disabled=settings.disabled_rules)
     return Detector(rules=rules, settings=settings, profiles=profiles if profiles is not None else {})
 
 
-def scan_events(events: Iterable[Event], settings: DetectSettings | None = None, rules: RuleSet | None = None) -> list[Alert]:
+def scan_events(
+    events: Iterable[Event], settings: DetectSettings | None = None, rules: RuleSet | None = None
+) -> list[Alert]:
     """Offline detection (``cadr scan``, rule tests): events in time order → alerts."""
     settings = settings or DetectSettings()
-    detector = Detector(rules=rules or load_rules(settings.rules_dirs, disabled=settings.disabled_rules), settings=settings)
+    detector = Detector(
+        rules=rules or load_rules(settings.rules_dirs, disabled=settings.disabled_rules), settings=settings
+    )
     return detector.process_many(sorted(events, key=lambda e: e.time))
 
 
 def register(cadr_app: object) -> None:
     """Add the detect agent: events → alerts, with profiles in a Faust table."""
-    import faust
-
     from schemas.codec import decode_event, decode_profile, encode
     from schemas.errors import RecordError
     from streams.app import CadrApp
@@ -223,7 +229,8 @@ def register(cadr_app: object) -> None:
     app = cadr_app.app
     table = app.Table(
         "cadr-profiles",
-        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+        key_type=bytes,
+        value_type=bytes,  # bytes -> the "raw" codec, also when recovering
         partitions=settings.kafka.partitions,
         use_partitioner=True,
     )

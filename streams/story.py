@@ -99,7 +99,9 @@ def title(alerts: list[Alert], actors: list[Actor], workloads: list[Workload]) -
     return f"{lead}: {' → '.join(names[:4])}{more}"
 
 
-def summary(alerts: list[Alert], actors: list[Actor], workloads: list[Workload], mitre: list[str], severity: str) -> str:
+def summary(
+    alerts: list[Alert], actors: list[Actor], workloads: list[Workload], mitre: list[str], severity: str
+) -> str:
     """A paragraph a person can read aloud."""
     phrases: list[str] = []
     # low-severity context (e.g. "user outside the allowed list") stays in the alert list but

@@ -38,7 +38,9 @@ def make_settings(bootstrap: str, prefix: str, data_dir: Path, **detect: Any) ->
     return s
 
 
-async def publish(settings: Settings, values: Iterable[bytes | Event], topic: str = "raw", max_request_size: int = 16 << 20) -> int:
+async def publish(
+    settings: Settings, values: Iterable[bytes | Event], topic: str = "raw", max_request_size: int = 16 << 20
+) -> int:
     """Publish events (encoded) or raw bytes to a topic; waits for every ack."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5, max_request_size=max_request_size
@@ -49,7 +51,9 @@ async def publish(settings: Settings, values: Iterable[bytes | Event], topic: st
         futures = []
         for v in values:
             if isinstance(v, Event):
-                futures.append(await producer.send(settings.topic(topic), key=v.workload.key().encode(), value=encode(v)))
+                futures.append(
+                    await producer.send(settings.topic(topic), key=v.workload.key().encode(), value=encode(v))
+                )
             else:
                 futures.append(await producer.send(settings.topic(topic), key=b"raw", value=v))
             n += 1
@@ -85,7 +89,9 @@ async def consume_until(
                 return records
     finally:
         await consumer.stop()
-    raise AssertionError(f"timed out after {timeout}s on {settings.topic(topic)}; got {len(records)} record(s)")
+    raise AssertionError(
+        f"timed out after {timeout}s on {settings.topic(topic)}; got {len(records)} record(s)"
+    )
 
 
 def run_query(settings: Settings, sql: str, timeout: float = 120.0) -> list[dict[str, Any]]:
@@ -128,7 +134,9 @@ class Pipeline:
     def log(self) -> str:
         return self.child.tail(60) if self.child else ""
 
-    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str, interval: float = 1.0) -> None:
+    def wait_until(
+        self, predicate: Callable[[], bool], timeout: float, what: str, interval: float = 1.0
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.child is not None and not self.child.alive():

@@ -78,7 +78,9 @@ def test_manifest_round_trips_through_kubernetes_models(path: Path) -> None:
 
 
 def test_manifests_cover_worker_audit_and_sensor() -> None:
-    kinds = {(d["kind"], d["metadata"]["name"]) for p in MANIFESTS for d in yaml.safe_load_all(p.read_text()) if d}
+    kinds = {
+        (d["kind"], d["metadata"]["name"]) for p in MANIFESTS for d in yaml.safe_load_all(p.read_text()) if d
+    }
     assert ("Deployment", "cadr-worker") in kinds
     assert any(k == "DaemonSet" for k, _ in kinds), "sensor DaemonSet missing"
     assert any(k == "Deployment" and "audit" in n for k, n in kinds), "audit intake Deployment missing"

@@ -31,9 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "was produced."
         ),
     )
-    p.add_argument("--json", action="store_true", help="print the final incident record as JSON instead of the story")
-    p.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for the story (default: 240)")
-    p.add_argument("--keep", action="store_true", help="keep the demo data directory afterwards (default: remove)")
+    p.add_argument(
+        "--json", action="store_true", help="print the final incident record as JSON instead of the story"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=240.0, help="seconds to wait for the story (default: 240)"
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep the demo data directory afterwards (default: remove)"
+    )
     p.set_defaults(handler=_handle)
 
 
@@ -50,7 +56,8 @@ async def _publish(settings: Settings, events: list) -> None:  # type: ignore[ty
     await producer.start()
     try:
         futures = [
-            await producer.send(settings.topic("raw"), key=e.workload.key().encode(), value=encode(e)) for e in events
+            await producer.send(settings.topic("raw"), key=e.workload.key().encode(), value=encode(e))
+            for e in events
         ]
         for f in futures:
             await f
@@ -87,10 +94,11 @@ async def _await_story(settings: Settings, expected_alerts: int, timeout: float,
                     _say(f"incident {inc.incident_id} revision {inc.revision}: {len(inc.alerts)} alert(s)")
             if latest:
                 best = max(latest.values(), key=lambda i: len(i.alerts))  # type: ignore[attr-defined]
-                settled = time.monotonic() - last_change > 4.0
-                if len(best.alerts) >= expected_alerts or (settled and time.monotonic() - last_change > 15.0):  # type: ignore[attr-defined]
-                    if settled:
-                        return best
+                quiet = time.monotonic() - last_change
+                # the story is told once it has every expected step and revisions have settled
+                # (or nothing new came for 15 s)
+                if (len(best.alerts) >= expected_alerts and quiet > 4.0) or quiet > 15.0:  # type: ignore[attr-defined]
+                    return best
         return max(latest.values(), key=lambda i: len(i.alerts)) if latest else None  # type: ignore[attr-defined]
     finally:
         await consumer.stop()
@@ -119,12 +127,16 @@ def run_demo(settings: Settings, *, as_json: bool = False, timeout: float = 240.
             worker = spawn_cadr("worker", ["worker"], settings)
             events = attack_events(cluster=settings.cluster)
             wait_for(lambda: worker.alive() and worker.log_path.stat().st_size >= 0, 5, "the worker to start")
-            _say(f"injecting the attack: {len(events)} sensor events (eBPF + Kubernetes audit) into {settings.topic('raw')}")
+            _say(
+                f"injecting the attack: {len(events)} sensor events (eBPF + Kubernetes audit) into {settings.topic('raw')}"
+            )
             asyncio.run(_publish(settings, events))
             expected = 6
             incident = asyncio.run(_await_story(settings, expected, timeout, worker.alive))
             if incident is None:
-                raise CadrError(f"no incident within {timeout:.0f}s; worker log: {worker.log_path}\n{worker.tail()}")
+                raise CadrError(
+                    f"no incident within {timeout:.0f}s; worker log: {worker.log_path}\n{worker.tail()}"
+                )
             if as_json:
                 print(encode(incident).decode())
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import uuid
 
@@ -14,7 +15,9 @@ __all__ = ["register", "tail_incidents"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser("incidents", help="follow incident stories", description="Work with incident stories.")
+    p = subparsers.add_parser(
+        "incidents", help="follow incident stories", description="Work with incident stories."
+    )
     sub = p.add_subparsers(dest="incidents_command", metavar="SUBCOMMAND")
     t = sub.add_parser(
         "tail",
@@ -23,10 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     t.add_argument("--json", action="store_true", help="print each revision as one JSON record per line")
     t.add_argument(
-        "--from-beginning", action="store_true", help="start at the oldest retained revision (default: only new ones)"
+        "--from-beginning",
+        action="store_true",
+        help="start at the oldest retained revision (default: only new ones)",
     )
-    t.add_argument("--limit", type=int, default=0, help="exit after N revisions (default: 0 = run until Ctrl-C)")
-    t.add_argument("--min-severity", default="info", help="hide incidents below this severity (default: info)")
+    t.add_argument(
+        "--limit", type=int, default=0, help="exit after N revisions (default: 0 = run until Ctrl-C)"
+    )
+    t.add_argument(
+        "--min-severity", default="info", help="hide incidents below this severity (default: info)"
+    )
     t.set_defaults(handler=_handle)
     p.set_defaults(handler=lambda args, settings: (p.print_help(), 2)[1])
 
@@ -91,7 +100,7 @@ async def tail_incidents(
 def _handle(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.kafka.bootstrap:
         raise CadrError("no Kafka to read from: pass --kafka HOST:PORT (or set CADR_KAFKA_BOOTSTRAP)")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             tail_incidents(
                 settings,
@@ -101,6 +110,4 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
                 min_severity=args.min_severity,
             )
         )
-    except KeyboardInterrupt:
-        pass
     return 0

@@ -61,7 +61,8 @@ def _register_ebpf(sub: Any) -> None:
     p.add_argument("--topic", help="topic to publish to (default: <topic prefix>raw, i.e. cadr.raw)")
     p.add_argument(
         "--spool-dir",
-        help="where events wait while Kafka is unreachable (default: sensor.spool_dir or <data dir>/spool/ebpf)",
+        help="where events wait while Kafka is unreachable "
+        "(default: sensor.spool_dir setting, else <data dir>/spool/ebpf)",
     )
     p.add_argument(
         "--ring-mb", type=int, default=16, help="ring buffer size in MiB, a power of two (default: 16)"
@@ -85,6 +86,25 @@ def _register_ebpf(sub: Any) -> None:
         "--v1-controller",
         default="auto",
         help="cgroup v1 controller used to find containers on v1/hybrid hosts; '' to disable (default: auto)",
+    )
+    p.add_argument(
+        "--kube-api",
+        metavar="URL",
+        help="API server whose pods of this node name the workloads (default: off: container ids only)",
+    )
+    p.add_argument("--kube-token-file", help="bearer token file for --kube-api (default: none)")
+    p.add_argument("--kube-ca", help="CA file for --kube-api (default: system trust)")
+    p.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="pod metadata from the in-cluster API with this pod's service account (default: off)",
+    )
+    p.add_argument(
+        "--host-cgroup",
+        default="",
+        metavar="DIR",
+        help="where the host's /sys/fs/cgroup is mounted, when running in a pod "
+        "(default: '', the cgroup mounts of this mount namespace)",
     )
     p.add_argument(
         "--workloads",
@@ -124,10 +144,23 @@ def _run_ebpf(args: argparse.Namespace, settings: Settings) -> int:
         dns_ports=tuple(args.dns_port or (53,)),
         sensitive_prefixes=DEFAULT_SENSITIVE_PREFIXES + tuple(args.sensitive or ()),
         v1_controller=args.v1_controller,
+        host_cgroup=args.host_cgroup,
         duration_s=args.duration,
         metrics=args.metrics,
         workloads_file=args.workloads,
     )
+
+    opts.k8s_api, opts.k8s_token_file, opts.k8s_ca_file = (
+        args.kube_api or "",
+        args.kube_token_file or "",
+        args.kube_ca or "",
+    )
+    if args.in_cluster:  # the same defaults as `cadr sensor audit --in-cluster`
+        from sensors.k8s.watcher import IN_CLUSTER_CA, IN_CLUSTER_TOKEN
+
+        opts.k8s_api = opts.k8s_api or "https://kubernetes.default.svc"
+        opts.k8s_token_file = opts.k8s_token_file or IN_CLUSTER_TOKEN
+        opts.k8s_ca_file = opts.k8s_ca_file or IN_CLUSTER_CA
 
     async def main() -> None:
         stop = asyncio.Event()

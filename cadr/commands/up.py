@@ -25,9 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "they crash; Ctrl-C stops everything. Logs: <data-dir>/logs/."
         ),
     )
-    p.add_argument("--no-ebpf", action="store_true", help="do not start the eBPF sensor (default: start it when possible)")
-    p.add_argument("--no-audit", action="store_true", help="do not start the audit webhook (default: start it)")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (default: 0 = until Ctrl-C)")
+    p.add_argument(
+        "--no-ebpf",
+        action="store_true",
+        help="do not start the eBPF sensor (default: start it when possible)",
+    )
+    p.add_argument(
+        "--no-audit", action="store_true", help="do not start the audit webhook (default: start it)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="stop after N seconds (default: 0 = until Ctrl-C)"
+    )
     p.set_defaults(handler=_handle)
 
 
@@ -66,10 +74,13 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
         restarts: dict[str, int] = {}
         for name, argv in specs:
             children[name] = spawn_cadr(name, argv, settings)
-            print(f"cadr up: started {name} (pid {children[name].proc.pid}, log {children[name].log_path})", file=sys.stderr)
+            print(
+                f"cadr up: started {name} (pid {children[name].proc.pid}, log {children[name].log_path})",
+                file=sys.stderr,
+            )
         print(
             f"cadr up: running. Kafka {settings.kafka.bootstrap}; try `cadr --kafka {settings.kafka.bootstrap} "
-            "incidents tail` and `cadr query \"SELECT count() FROM cadr.events\"`. Ctrl-C stops.",
+            'incidents tail` and `cadr query "SELECT count() FROM cadr.events"`. Ctrl-C stops.',
             file=sys.stderr,
         )
         deadline = time.monotonic() + args.duration if args.duration else None
@@ -81,7 +92,10 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
                     if child.alive():
                         continue
                     restarts[name] = restarts.get(name, 0) + 1
-                    print(f"cadr up: {name} exited ({child.proc.returncode}); last log lines:\n{child.tail(15)}", file=sys.stderr)
+                    print(
+                        f"cadr up: {name} exited ({child.proc.returncode}); last log lines:\n{child.tail(15)}",
+                        file=sys.stderr,
+                    )
                     if restarts[name] > 5:
                         print(f"cadr up: {name} keeps failing; stopping", file=sys.stderr)
                         stop = True

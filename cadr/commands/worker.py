@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--agents",
         help="comma-separated stages to run (default: all: enrich,detect,correlate,store)",
     )
-    p.add_argument("--web", action="store_true", help="enable Faust's web server (binds 127.0.0.1:6066 by default)")
+    p.add_argument(
+        "--web", action="store_true", help="enable Faust's web server (binds 127.0.0.1:6066 by default)"
+    )
     p.set_defaults(handler=_handle)
 
 

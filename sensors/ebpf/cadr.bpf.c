@@ -161,6 +161,19 @@ struct {
 	__type(value, struct cadr_layout);
 } layout SEC(".maps");
 
+/* Is the current task the sensor? Compared in the sensor's own pid namespace: a sensor in
+ * a pod does not know its host pid, and a bare pid compare would hit an unrelated task. */
+static __always_inline int is_self(void)
+{
+	struct bpf_pidns_info ns;
+
+	if (!cfg.self_ns_ino)
+		return 0;
+	if (bpf_get_ns_current_pid_tgid(cfg.self_ns_dev, cfg.self_ns_ino, &ns, sizeof(ns)))
+		return 0; /* another pid namespace */
+	return ns.tgid == cfg.self_tgid;
+}
+
 static __always_inline struct cadr_stats *get_stats(void)
 {
 	__u32 zero = 0;
@@ -391,7 +404,7 @@ int BPF_PROG(cadr_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 
 	if (!(cfg.features & FEAT_PROC))
 		return 0;
-	if ((BPF_CORE_READ(p, tgid)) == cfg.self_tgid)
+	if (is_self())
 		return 0;
 	st = get_stats();
 	s = get_scratch();
@@ -469,7 +482,7 @@ int BPF_PROG(cadr_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	if (child->flags & PF_KTHREAD)
 		return 0;
-	if (parent->tgid == cfg.self_tgid)
+	if (is_self()) /* the parent is current */
 		return 0;
 	st = get_stats();
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -500,7 +513,7 @@ int BPF_PROG(cadr_exit, struct task_struct *p)
 	/* the last thread of the group: do_exit decremented signal->live before this point */
 	if (BPF_CORE_READ(sig, live.counter) != 0)
 		return 0;
-	if (p->tgid == cfg.self_tgid)
+	if (is_self())
 		return 0;
 	st = get_stats();
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -983,9 +996,9 @@ int BPF_PROG(cadr_sys_enter, struct pt_regs *regs, long id)
 	default:
 		return 0;
 	}
-	pid_tgid = bpf_get_current_pid_tgid();
-	if ((pid_tgid >> 32) == cfg.self_tgid)
+	if (is_self())
 		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
 	t = bpf_get_current_task_btf();
 	c.euid = BPF_CORE_READ(t, cred, euid.val);
 	c.egid = BPF_CORE_READ(t, cred, egid.val);
@@ -1029,13 +1042,8 @@ int BPF_PROG(cadr_sys_exit, struct pt_regs *regs, long ret)
 	default:
 		return 0;
 	}
-	if ((bpf_get_current_pid_tgid() >> 32) == cfg.self_tgid) {
-		if (nr <= 126 && nr >= 105) {
-			__u64 id = bpf_get_current_pid_tgid();
-			bpf_map_delete_elem(&cred_before, &id);
-		}
-		return 0;
-	}
+	if (is_self())
+		return 0; /* (sys_enter stashed nothing for us either) */
 	t = bpf_get_current_task_btf();
 	switch (nr) {
 	case 2: case 85: case 257: case 437:

@@ -78,7 +78,9 @@ enum cadr_op {
 #define CADR_DNS_PORTS 4
 
 struct cadr_config {
-	__u32 self_tgid;    /* the sensor itself: never traced */
+	__u64 self_ns_dev;  /* the sensor's pid namespace (nsfs dev + inode) ... */
+	__u64 self_ns_ino;
+	__u32 self_tgid;    /* ... and its tgid there: the sensor itself is never traced */
 	__u32 wakeup_bytes; /* force a consumer wake-up once this much data waits */
 	__u32 v1_subsys;    /* 0: no cgroup v1 id; else 1 + cgroup_subsys_id to read */
 	__u32 args_max;     /* bytes of argv copied on exec (<= CADR_ARGS_MAX - 1) */

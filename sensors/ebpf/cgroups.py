@@ -17,6 +17,8 @@ import os
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from schemas.records import Workload
 from sensors.containers import ContainerRef, WorkloadResolver, container_from_cgroup
 
@@ -169,9 +171,9 @@ class Attribution:
             if resolved is not None:
                 workload = resolved
                 if not workload.container_id:
-                    workload = _with(workload, container_id=ref.container_id)
+                    workload = msgspec.structs.replace(workload, container_id=ref.container_id)
                 if not workload.cluster and self.cluster:
-                    workload = _with(workload, cluster=self.cluster)
+                    workload = msgspec.structs.replace(workload, cluster=self.cluster)
                 wkey = workload.key().encode()
             else:
                 workload = Workload(cluster=self.cluster, container_id=ref.container_id)
@@ -187,9 +189,3 @@ class Attribution:
         for key in [k for k in self._cache if k[0] == cgroup_id or k[1] == cgroup_id]:
             del self._cache[key]
         self.generation += 1
-
-
-def _with(workload: Workload, **changes: object) -> Workload:
-    fields = {name: getattr(workload, name) for name in workload.__struct_fields__}
-    fields.update(changes)
-    return Workload(**fields)  # type: ignore[arg-type]

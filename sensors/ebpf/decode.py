@@ -18,11 +18,11 @@ from __future__ import annotations
 import base64
 import re
 import socket
+import struct
 import time
 from collections.abc import Callable
-import struct
-from struct import error as struct_error
 from dataclasses import dataclass, field
+from struct import error as struct_error
 
 import msgspec
 import orjson
@@ -345,7 +345,12 @@ class Decoder:
             if item is None:
                 return None
             ev, key = item
-            return encode_event(ev), key, ev.time // 1_000_000, int.from_bytes(data[off + 4 : off + 8], "little")
+            return (
+                encode_event(ev),
+                key,
+                ev.time // 1_000_000,
+                int.from_bytes(data[off + 4 : off + 8], "little"),
+            )
         self._fast_records += 1
         try:
             return fast(data, off, length)
@@ -405,12 +410,16 @@ class Decoder:
         r = layout.NET.unpack_from(data, off)
         family, proto, sport, dport, saddr, daddr = r[16:22]
         if family == _AF_INET:
-            fam, src, dst = b"ipv4", socket.inet_ntop(socket.AF_INET, saddr[:4]), socket.inet_ntop(
-                socket.AF_INET, daddr[:4]
+            fam, src, dst = (
+                b"ipv4",
+                socket.inet_ntop(socket.AF_INET, saddr[:4]),
+                socket.inet_ntop(socket.AF_INET, daddr[:4]),
             )
         else:
-            fam, src, dst = b"ipv6", socket.inet_ntop(socket.AF_INET6, saddr), socket.inet_ntop(
-                socket.AF_INET6, daddr
+            fam, src, dst = (
+                b"ipv6",
+                socket.inet_ntop(socket.AF_INET6, saddr),
+                socket.inet_ntop(socket.AF_INET6, daddr),
             )
         rtype = r[0]
         kind, direction = _NET_KINDS[rtype]
@@ -492,12 +501,16 @@ class Decoder:
         r = layout.NET.unpack_from(data, off)
         family, proto, sport, dport, saddr, daddr = r[16:22]
         if family == _AF_INET:
-            fam, src, dst = "ipv4", socket.inet_ntop(socket.AF_INET, saddr[:4]), socket.inet_ntop(
-                socket.AF_INET, daddr[:4]
+            fam, src, dst = (
+                "ipv4",
+                socket.inet_ntop(socket.AF_INET, saddr[:4]),
+                socket.inet_ntop(socket.AF_INET, daddr[:4]),
             )
         else:
-            fam, src, dst = "ipv6", socket.inet_ntop(socket.AF_INET6, saddr), socket.inet_ntop(
-                socket.AF_INET6, daddr
+            fam, src, dst = (
+                "ipv6",
+                socket.inet_ntop(socket.AF_INET6, saddr),
+                socket.inet_ntop(socket.AF_INET6, daddr),
             )
         rtype = r[0]
         if rtype == layout.T_CONNECT:

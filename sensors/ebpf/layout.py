@@ -50,6 +50,7 @@ T_PRIV = 9
 T_CGROUP_MKDIR = 10
 T_CGROUP_RMDIR = 11
 
+
 def _spec(*fields: tuple[str, str]) -> tuple[struct.Struct, tuple[tuple[str, str], ...]]:
     return struct.Struct("<" + "".join(fmt for _, fmt in fields)), fields
 
@@ -98,8 +99,8 @@ PRIV, PRIV_FIELDS = _spec(
 )  # fmt: skip
 CGROUP, CGROUP_FIELDS = _spec(_H, ("id", "Q"), ("hierarchy", "i"), ("path_len", "H"), ("pad", "H"))
 CONFIG, CONFIG_FIELDS = _spec(
-    ("self_tgid", "I"), ("wakeup_bytes", "I"), ("v1_subsys", "I"), ("args_max", "I"), ("features", "I"),
-    ("dns_ports", "4H"), ("pad", "I"),
+    ("self_ns_dev", "Q"), ("self_ns_ino", "Q"), ("self_tgid", "I"), ("wakeup_bytes", "I"),
+    ("v1_subsys", "I"), ("args_max", "I"), ("features", "I"), ("dns_ports", "4H"), ("pad", "I"),
 )  # fmt: skip
 
 #: C struct name -> (Struct, fields): what the BTF check walks
@@ -146,6 +147,8 @@ DNS_PORTS = 4
 
 def pack_config(
     *,
+    self_ns_dev: int,
+    self_ns_ino: int,
     self_tgid: int,
     wakeup_bytes: int,
     v1_subsys: int,
@@ -157,5 +160,13 @@ def pack_config(
     ports = [int(p) for p in dns_ports][:DNS_PORTS]
     ports += [0] * (DNS_PORTS - len(ports))
     return CONFIG.pack(
-        self_tgid, wakeup_bytes, v1_subsys, max(0, min(args_max, ARGS_MAX - 1)), features, *ports, 0
+        self_ns_dev,
+        self_ns_ino,
+        self_tgid,
+        wakeup_bytes,
+        v1_subsys,
+        max(0, min(args_max, ARGS_MAX - 1)),
+        features,
+        *ports,
+        0,
     )

@@ -13,6 +13,7 @@ import ctypes.util
 import errno
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from sensors.ebpf.errors import SensorError
 
@@ -20,7 +21,10 @@ __all__ = ["BpfObject", "Libbpf", "libbpf"]
 
 
 class Libbpf:
-    """Typed handles to libbpf functions."""
+    """Typed handles to libbpf functions (set as attributes from the signature table)."""
+
+    def __getattr__(self, name: str) -> Any:  # the ctypes functions, for type checkers
+        raise AttributeError(name)
 
     def __init__(self, path: str | None = None) -> None:
         name = path or ctypes.util.find_library("bpf") or "libbpf.so.1"

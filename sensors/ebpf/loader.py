@@ -19,9 +19,9 @@ from sensors.ebpf.libbpf import BpfObject, libbpf
 from sensors.ebpf.ringbuf import RingBuffer
 
 __all__ = [
+    "BUILD_SCRIPT",
     "DEFAULT_OBJECT",
     "DEFAULT_SENSITIVE_PREFIXES",
-    "BUILD_SCRIPT",
     "Probe",
     "ProbeConfig",
     "build_object",
@@ -85,6 +85,9 @@ class ProbeConfig:
     build: bool = True
     #: process whose events are not traced (the sensor itself); 0 = this process
     self_tgid: int = 0
+    #: where the host's /sys/fs/cgroup is mounted (in a pod: a hostPath mount, since the
+    #: pod's own /sys/fs/cgroup shows only its cgroup namespace); "" = this mount namespace
+    host_cgroup: str = ""
 
 
 def cgroup2_mount(mounts: str = "/proc/mounts") -> str | None:
@@ -101,7 +104,25 @@ def cgroup2_mount(mounts: str = "/proc/mounts") -> str | None:
     return None
 
 
-def v1_hierarchy(controller: str = "auto", mounts: str = "/proc/mounts") -> tuple[int, int, str] | None:
+def host_cgroup_roots(root: str) -> tuple[str | None, dict[str, str]]:
+    """(cgroup2 root, {v1 controller: dir}) under a host /sys/fs/cgroup mounted at ``root``."""
+    base = Path(root)
+    v2 = None
+    for candidate in (base / "unified", base):
+        if (candidate / "cgroup.controllers").exists():
+            v2 = str(candidate)
+            break
+    v1 = (
+        {p.name: str(p) for p in base.iterdir() if p.is_dir() and (p / "tasks").exists()}
+        if base.is_dir()
+        else {}
+    )
+    return v2, v1
+
+
+def v1_hierarchy(
+    controller: str = "auto", mounts: str = "/proc/mounts", v1_dirs: dict[str, str] | None = None
+) -> tuple[int, int, str] | None:
     """(subsystem index, hierarchy id, mount point) of a mounted cgroup v1 controller.
 
     The index is the controller's position in /proc/cgroups, which lists subsystems in the
@@ -115,8 +136,8 @@ def v1_hierarchy(controller: str = "auto", mounts: str = "/proc/mounts") -> tupl
     except OSError:
         return None
     index = {r[0]: (i, int(r[1])) for i, r in enumerate(rows) if len(r) >= 4}
-    v1_mounts: dict[str, str] = {}
-    for line in mount_lines:
+    v1_mounts: dict[str, str] = dict(v1_dirs or {})
+    for line in [] if v1_dirs is not None else mount_lines:
         parts = line.split()
         if len(parts) >= 4 and parts[2] == "cgroup":
             for opt in parts[3].split(","):
@@ -128,11 +149,42 @@ def v1_hierarchy(controller: str = "auto", mounts: str = "/proc/mounts") -> tupl
     return None
 
 
+def _self_identity(tgid: int = 0) -> dict[str, int]:
+    """This process as the kernel can recognise it from any pid namespace: its pid
+    namespace (nsfs dev, inode) and its tgid in there."""
+    st = os.stat("/proc/self/ns/pid")
+    # the helper compares the kernel's dev_t (major << 20 | minor), not stat's encoding
+    dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+    return {"self_ns_dev": dev, "self_ns_ino": st.st_ino, "self_tgid": tgid or os.getpid()}
+
+
+_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
+
+
+def _effective_caps() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def preflight(object_path: str | None = None, *, build: bool = True) -> list[str]:
     """What is missing to run the eBPF sensor here (empty: nothing)."""
     missing: list[str] = []
-    if os.geteuid() != 0:
-        missing.append("root (or CAP_BPF + CAP_PERFMON): the sensor loads BPF programs")
+    caps = _effective_caps()
+    if not caps & (1 << _CAP_SYS_ADMIN):
+        lacking = [
+            name
+            for bit, name in ((_CAP_BPF, "CAP_BPF"), (_CAP_PERFMON, "CAP_PERFMON"))
+            if not caps & (1 << bit)
+        ]
+        if lacking:
+            missing.append(
+                f"{' and '.join(lacking)} (run as root, or grant them): the sensor loads tracing BPF programs"
+            )
     if not os.path.exists(BTF_PATH):
         missing.append(f"kernel BTF at {BTF_PATH} (a kernel built with CONFIG_DEBUG_INFO_BTF=y)")
     try:
@@ -179,9 +231,15 @@ class Probe:
         if ring & (ring - 1) or ring < 1 << 16:
             raise SensorError(f"ring buffer size {ring} must be a power of two >= 64 KiB")
         self.ncpus = int(libbpf().libbpf_num_possible_cpus())
-        v1 = v1_hierarchy(config.v1_controller)
+        if config.host_cgroup:
+            self.cgroup2, v1_dirs = host_cgroup_roots(config.host_cgroup)
+            if self.cgroup2 is None:
+                raise SensorUnavailableError(f"no cgroup v2 hierarchy under {config.host_cgroup}")
+            v1 = v1_hierarchy(config.v1_controller, v1_dirs=v1_dirs)
+        else:
+            self.cgroup2 = cgroup2_mount()
+            v1 = v1_hierarchy(config.v1_controller)
         self.v1_subsys, self.v1_hierarchy_id, self.v1_mount = (v1[0] + 1, v1[1], v1[2]) if v1 else (0, 0, "")
-        self.cgroup2 = cgroup2_mount()
         self.obj = BpfObject(str(path))
         try:
             self.obj.set_max_entries("events", ring)
@@ -189,7 +247,7 @@ class Probe:
             self.obj.set_initial_value(
                 ".rodata.cfg",
                 layout.pack_config(
-                    self_tgid=config.self_tgid or os.getpid(),
+                    **_self_identity(config.self_tgid),
                     wakeup_bytes=min(config.wakeup_bytes, ring // 2),
                     v1_subsys=self.v1_subsys,
                     args_max=config.args_max,

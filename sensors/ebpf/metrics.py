@@ -42,8 +42,15 @@ def render(counters: dict[str, Any]) -> str:
         "counter",
         [("", kernel["open_suppressed"])],
     )
-    metric("decoded_events_total", "events decoded in user space", "counter", [("", counters["decoded_events"])])
-    metric("ring_pending_bytes", "bytes waiting in the ring buffer", "gauge", [("", counters["ring_pending_bytes"])])
+    metric(
+        "decoded_events_total", "events decoded in user space", "counter", [("", counters["decoded_events"])]
+    )
+    metric(
+        "ring_pending_bytes",
+        "bytes waiting in the ring buffer",
+        "gauge",
+        [("", counters["ring_pending_bytes"])],
+    )
     sink = counters.get("sink", {})
     for key in ("published", "acked", "spooled", "spool_dropped", "spool_bytes", "written"):
         if key in sink:

@@ -12,6 +12,7 @@ reading the producer position before the records needs no explicit barrier there
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import platform
 import select
@@ -59,7 +60,9 @@ class RingBuffer:
         """Bytes written by the kernel and not consumed yet."""
         return _U64.unpack_from(self._prod, 0)[0] - _U64.unpack_from(self._cons, 0)[0]
 
-    def drain(self, decode: Callable[[memoryview, int, int], Any], max_bytes: int) -> tuple[list[Any], int, int]:
+    def drain(
+        self, decode: Callable[[memoryview, int, int], Any], max_bytes: int
+    ) -> tuple[list[Any], int, int]:
         """Decode committed records, oldest first, up to about ``max_bytes``, then release
         them to the kernel. ``decode(data, offset, length)`` returns an item or None.
         Returns (items, records, bytes)."""
@@ -101,10 +104,8 @@ class RingBuffer:
         self.epoll.poll(0)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self.data.release()
-        except ValueError:
-            pass
         self.epoll.close()
         self._prod.close()
         self._cons.close()

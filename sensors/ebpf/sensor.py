@@ -28,9 +28,18 @@ from sensors.ebpf.decode import BootClock, Decoder, JsonItem
 from sensors.ebpf.loader import Probe, ProbeConfig
 from sensors.publisher import Publisher, encode_event
 
-__all__ = ["CollectSink", "EbpfSensor", "JsonLinesSink", "PublisherSink", "SensorOptions", "Sink", "encode_event"]
+__all__ = [
+    "CollectSink",
+    "EbpfSensor",
+    "JsonLinesSink",
+    "PublisherSink",
+    "SensorOptions",
+    "Sink",
+    "encode_event",
+]
 
 log = logging.getLogger(__name__)
+
 
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
@@ -302,7 +311,10 @@ class EbpfSensor:
         assert self.probe is not None and self.decoder is not None
         per_cpu = self.probe.stats()
         ncpu = len(per_cpu)
-        user = [self.user_drops_per_cpu.get(i, 0) + self.decoder.stats.per_cpu_errors.get(i, 0) for i in range(ncpu)]
+        user = [
+            self.user_drops_per_cpu.get(i, 0) + self.decoder.stats.per_cpu_errors.get(i, 0)
+            for i in range(ncpu)
+        ]
         totals = {k: sum(c[k] for c in per_cpu) for k in layout.STATS_FIELDS}
         sink = self.sink.counters()
         return {

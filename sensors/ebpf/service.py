@@ -51,6 +51,8 @@ class RunOptions:
     dns_ports: tuple[int, ...] = (53,)
     sensitive_prefixes: tuple[str, ...] = DEFAULT_SENSITIVE_PREFIXES
     v1_controller: str = "auto"
+    #: the host's /sys/fs/cgroup as mounted in a pod ("" = this mount namespace's)
+    host_cgroup: str = ""
     poll_interval_s: float = 0.01
     duration_s: float | None = None
     #: "host:port" for Prometheus metrics, or None
@@ -58,6 +60,12 @@ class RunOptions:
     #: a JSON file {container_id: {namespace, pod, ...}} for a static resolver
     workloads_file: str | None = None
     resolver: WorkloadResolver | None = None
+    #: Kubernetes API server URL: watch this node's pods to name workloads ("" = no API)
+    k8s_api: str = ""
+    k8s_token_file: str = ""
+    k8s_ca_file: str = ""
+    #: how long to wait for the first pod list before streaming (events flow meanwhile)
+    k8s_sync_timeout_s: float = 10.0
 
 
 def check_available(object_path: str | None = None) -> None:
@@ -89,7 +97,9 @@ def _sink(settings: Settings, opts: RunOptions) -> Sink:
         return JsonLinesSink(opts.output)
     bootstrap = opts.bootstrap or settings.kafka.bootstrap
     if not bootstrap:
-        raise SensorError("no Kafka to publish to: pass --kafka HOST:PORT (or --output FILE|- for JSON lines)")
+        raise SensorError(
+            "no Kafka to publish to: pass --kafka HOST:PORT (or --output FILE|- for JSON lines)"
+        )
     spool = opts.spool_dir or settings.sensor.spool_dir or str(Path(settings.data_dir) / "spool" / "ebpf")
     publisher = Publisher(
         bootstrap,
@@ -101,10 +111,23 @@ def _sink(settings: Settings, opts: RunOptions) -> Sink:
     return PublisherSink(publisher)
 
 
-async def run_ebpf_sensor(settings: Settings, opts: RunOptions, stop: asyncio.Event | None = None) -> EbpfSensor:
+async def run_ebpf_sensor(
+    settings: Settings, opts: RunOptions, stop: asyncio.Event | None = None
+) -> EbpfSensor:
     """Run until ``stop`` is set (or ``opts.duration_s``); returns the stopped sensor."""
     check_available(opts.object_path)
+    watcher = None
     resolver = opts.resolver or (load_workloads(opts.workloads_file) if opts.workloads_file else None)
+    if resolver is None and opts.k8s_api:
+        from sensors.k8s import PodCache, PodWatcher, build_api_client
+
+        cache = PodCache(settings.cluster)
+        api = build_api_client(opts.k8s_api, token_file=opts.k8s_token_file, ca_file=opts.k8s_ca_file)
+        watcher = PodWatcher(api, cache, node_name=settings.node)
+        watcher.start()
+        if not await asyncio.to_thread(watcher.wait_synced, opts.k8s_sync_timeout_s):
+            log.warning("no pod list from %s yet; containers are reported by id until it comes", opts.k8s_api)
+        resolver = cache
     sink = _sink(settings, opts)
     sensor = EbpfSensor(
         SensorOptions(
@@ -117,6 +140,7 @@ async def run_ebpf_sensor(settings: Settings, opts: RunOptions, stop: asyncio.Ev
                 dns_ports=opts.dns_ports,
                 sensitive_prefixes=opts.sensitive_prefixes,
                 v1_controller=opts.v1_controller,
+                host_cgroup=opts.host_cgroup,
             ),
             poll_interval_s=opts.poll_interval_s,
             health_interval_s=settings.sensor.health_interval_s,
@@ -147,4 +171,6 @@ async def run_ebpf_sensor(settings: Settings, opts: RunOptions, stop: asyncio.Ev
         with contextlib.suppress(Exception):
             await sink.aclose()
         sensor.close()
+        if watcher is not None:
+            watcher.stop()
     return sensor

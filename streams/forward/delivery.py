@@ -189,10 +189,13 @@ class Deliverer:
             failures = [(i, r) for i, r in zip(pending, results, strict=True) if r.status is Status.RETRY]
             if failures:
                 reason = f"{len(failures)} item(s) failed: {_short(failures[0][1].reply)}"
-                self._failed([i for i, _ in failures], reason)
-                if await self._gave_up(again, attempt, reason, failures[0][1].reply):
-                    return
-                await self.sleep(self.backoff.delay(attempt))
+                failed = [i for i, _ in failures]
+                self._failed(failed, reason)
+                if await self._gave_up(failed, attempt, reason, failures[0][1].reply):
+                    gone = {id(i) for i in failed}
+                    again = [i for i in again if id(i) not in gone]
+                else:
+                    await self.sleep(self.backoff.delay(attempt))
             self.metrics.retried += len(again)
             pending = again
 

@@ -326,7 +326,9 @@ class _Parser:
 
             def pmatch(v: Any) -> bool:
                 s = str(v)
-                return any(s == p.rstrip("/") or s.startswith(p if p.endswith("/") else p + "/") for p in prefixes)
+                return any(
+                    s == p.rstrip("/") or s.startswith(p if p.endswith("/") else p + "/") for p in prefixes
+                )
 
             return lambda ctx: _any(left(ctx), pmatch)
         right = self.parse_operand()

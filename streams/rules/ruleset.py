@@ -69,7 +69,12 @@ class RuleSet:
             if any((a.rule in ("*", rule.id)) and a.predicate(ctx) for a in self.allow):
                 continue
             matches.append(
-                Match(rule=rule, message=rule.render(ctx), dedup_key=rule.dedup_key(ctx), story=rule.render_story(ctx))
+                Match(
+                    rule=rule,
+                    message=rule.render(ctx),
+                    dedup_key=rule.dedup_key(ctx),
+                    story=rule.render_story(ctx),
+                )
             )
         return matches
 
@@ -126,7 +131,9 @@ def load_rules(
             rules.append(rule)
     entries = []
     for i, raw in enumerate(allow):
-        entry = AllowEntry(rule=str(raw.get("rule", "*")), when=str(raw["when"]), reason=str(raw.get("reason", "")))
+        entry = AllowEntry(
+            rule=str(raw.get("rule", "*")), when=str(raw["when"]), reason=str(raw.get("reason", ""))
+        )
         try:
             entry.predicate = compiler.compile(entry.when)
         except ConditionError as exc:

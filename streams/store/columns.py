@@ -14,10 +14,9 @@ from operator import attrgetter
 from typing import Any
 
 import msgspec
-import orjson
 import pyarrow as pa
 
-from schemas.codec import to_dict
+from schemas.codec import encode
 from schemas.records import (
     Alert,
     Audit,
@@ -191,7 +190,7 @@ def canonical_raw(event: Event) -> bytes:
     """The JSON kept in ``raw``: the event as it happened, without the replay transport mark."""
     if event.replayed:
         event = msgspec.structs.replace(event, replayed=False)
-    return orjson.dumps(to_dict(event))
+    return encode(event)
 
 
 def events_table(events: Sequence[Event], raws: Sequence[bytes] | None = None) -> pa.Table:
@@ -244,7 +243,7 @@ def _severity_rank(values: Sequence[Any]) -> pa.Array:
 
 
 def _encoded(records: Sequence[msgspec.Struct], raws: Sequence[bytes] | None) -> pa.Array:
-    values = list(raws) if raws is not None else [orjson.dumps(to_dict(r)) for r in records]
+    values = list(raws) if raws is not None else [encode(r) for r in records]
     return pa.array(values, type=pa.binary())
 
 

@@ -326,6 +326,9 @@ class QueryEndpoint:
         sql = params.get("query", "")
         binds = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
         settings = {k: v for k, v in params.items() if k not in _TRANSPORT and not k.startswith("param_")}
+        if self.writable and "readonly" in params:
+            # A server honours a client's request to be read-only; the read-only endpoint enforces it anyway.
+            settings["readonly"] = params["readonly"]
         insert = None
         if self.writable and sql and body:
             insert = _INSERT_RE.match(sql)

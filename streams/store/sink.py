@@ -129,6 +129,8 @@ class StoreWriter:
         self.guard = DedupGuard()
         self._decoders = {kind: msgspec.json.Decoder(type_) for kind, (_, type_, _) in _KINDS.items()}
         self.totals = WriteReport()
+        #: failed store calls so far (each one is followed by a backoff pause, then a retry)
+        self.failures = 0
 
     # -- connection -------------------------------------------------------------------------------------
 
@@ -381,6 +383,7 @@ class StoreWriter:
             return left + right
 
     def _pause(self, what: str, error: BaseException, delays: Iterator[float]) -> None:
+        self.failures += 1
         log.warning("%s failed (will retry): %s", what, error)
         if self.stop.wait(next(delays)):
             raise StoreUnavailableError(

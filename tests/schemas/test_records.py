@@ -12,14 +12,22 @@ from schemas.records import SCHEMA_VERSION, Event, EventKind, Incident, Process,
 
 
 def _event(**kw: object) -> dict[str, object]:
-    base: dict[str, object] = {"event_id": "e1", "time": 1_700_000_000_000_000_000, "source": "ebpf", "kind": "process_exec"}
+    base: dict[str, object] = {
+        "event_id": "e1",
+        "time": 1_700_000_000_000_000_000,
+        "source": "ebpf",
+        "kind": "process_exec",
+    }
     base.update(kw)
     return base
 
 
 def test_event_round_trip_keeps_every_field() -> None:
     e = Event(
-        event_id="e1", time=5, source="ebpf", kind=EventKind.PROCESS_EXEC,
+        event_id="e1",
+        time=5,
+        source="ebpf",
+        kind=EventKind.PROCESS_EXEC,
         process=Process(pid=3, exe="/bin/sh", args=["sh", "-c", "id"], tty=True, exec_id="x"),
     )
     data = encode(e)

@@ -10,6 +10,7 @@ tests wait for the events they expect with a bounded deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -153,7 +154,9 @@ class Container:
             **kw,  # type: ignore[arg-type]
         )
         if proc.returncode != 0:
-            raise AssertionError(f"container command failed ({proc.returncode}): {proc.stderr}\n{proc.stdout}")
+            raise AssertionError(
+                f"container command failed ({proc.returncode}): {proc.stderr}\n{proc.stdout}"
+            )
         return proc.stdout
 
 
@@ -169,10 +172,8 @@ def _remove_cgroup(path: Path) -> None:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
-    try:
+    with contextlib.suppress(OSError):
         path.rmdir()
-    except OSError:
-        pass
 
 
 @pytest.fixture

@@ -80,7 +80,9 @@ def test_normalize_container_id() -> None:
 
 
 def test_static_resolver_implements_protocol() -> None:
-    wl = Workload(namespace="shop", pod="web-1", container="app", workload_kind="Deployment", workload_name="web")
+    wl = Workload(
+        namespace="shop", pod="web-1", container="app", workload_kind="Deployment", workload_name="web"
+    )
     r = StaticWorkloadResolver({f"containerd://{CID}": wl})
     assert isinstance(r, WorkloadResolver)
     got = r.resolve(CID)
@@ -137,7 +139,9 @@ def test_attribution_caches_and_rechecks_unknown_containers(tmp_path) -> None:  
     # the pod watcher has not seen the container yet: id only, asked again later
     wl, key, _ = attr.lookup(10)
     assert wl.container_id == CID and not wl.pod and key == f"prod/container/{CID}".encode()
-    resolver.add(CID, Workload(namespace="shop", pod="web-1", workload_kind="Deployment", workload_name="web"))
+    resolver.add(
+        CID, Workload(namespace="shop", pod="web-1", workload_kind="Deployment", workload_name="web")
+    )
     assert attr.lookup(10)[0].pod == ""  # still cached
     clock.now = 3
     wl, key, _ = attr.lookup(10)

@@ -26,7 +26,7 @@ from sensors.publisher import encode_event
 pytestmark = pytest.mark.ebpf
 
 SCENARIO = textwrap.dedent(
-    r'''
+    r"""
     import ctypes, json, os, socket, struct, subprocess, sys, threading
 
     work = sys.argv[1]
@@ -98,7 +98,7 @@ SCENARIO = textwrap.dedent(
 
     res.sendto(b"stop", res.getsockname())
     print(json.dumps(out))
-    '''
+    """
 )
 
 
@@ -112,7 +112,9 @@ def test_container_scenario(live_sensor, make_container, workdir: Path) -> None:
     script.write_text(SCENARIO)
     host_file = workdir / "host-write"
     host = subprocess.Popen(["sh", "-c", f"echo host > {host_file}; cat /etc/hostname > /dev/null"])
-    stdout = ctr.run(["sh", "-c", "ip link set lo up && exec /usr/bin/python3 \"$0\" \"$1\"", str(script), str(workdir)])
+    stdout = ctr.run(
+        ["sh", "-c", 'ip link set lo up && exec /usr/bin/python3 "$0" "$1"', str(script), str(workdir)]
+    )
     host.wait(10)
     info = json.loads(stdout.strip().splitlines()[-1])
     in_ctr = lambda ev: _in(ctr, ev)  # noqa: E731
@@ -144,7 +146,9 @@ def test_container_scenario(live_sensor, make_container, workdir: Path) -> None:
     assert shell.process.parent_exec_id == py.process.exec_id
     assert py.process.args[-1] == str(workdir)
     # fork and exit of the shell share its exec_id
-    live_sensor.wait_for(ctr_event(lambda ev: ev.kind == "process_fork" and ev.process.exec_id == shell.process.exec_id))
+    live_sensor.wait_for(
+        ctr_event(lambda ev: ev.kind == "process_fork" and ev.process.exec_id == shell.process.exec_id)
+    )
     [ex] = live_sensor.wait_for(
         ctr_event(lambda ev: ev.kind == "process_exit" and ev.process.exec_id == shell.process.exec_id)
     )
@@ -156,7 +160,9 @@ def test_container_scenario(live_sensor, make_container, workdir: Path) -> None:
         ctr_event(lambda ev: ev.kind == "file_open" and ev.file.path == payload and ev.file.write)
     )
     assert wrote.process.comm == "cp"
-    [ran] = live_sensor.wait_for(ctr_event(lambda ev: ev.kind == "process_exec" and ev.process.exe == payload))
+    [ran] = live_sensor.wait_for(
+        ctr_event(lambda ev: ev.kind == "process_exec" and ev.process.exe == payload)
+    )
     assert ran.process.args == [payload, "drift"]
     assert ran.time >= wrote.time
 
@@ -168,12 +174,16 @@ def test_container_scenario(live_sensor, make_container, workdir: Path) -> None:
     net = conn.network
     assert (net.protocol, net.family, net.dst_ip, net.src_ip) == ("tcp", "ipv4", "127.0.0.1", "127.0.0.1")
     assert net.src_port == client_port and net.direction == "egress"
-    [acc] = live_sensor.wait_for(ctr_event(lambda ev: ev.kind == "net_accept" and ev.network.src_port == port))
+    [acc] = live_sensor.wait_for(
+        ctr_event(lambda ev: ev.kind == "net_accept" and ev.network.src_port == port)
+    )
     assert acc.network.dst_port == client_port and acc.network.direction == "ingress"
     live_sensor.wait_for(ctr_event(lambda ev: ev.kind == "net_listen" and ev.network.src_port == port))
 
     # 4. DNS queries to the loopback resolver
-    [txt] = live_sensor.wait_for(ctr_event(lambda ev: ev.kind == "dns_query" and ev.dns.query == "cadr-sendto.example"))
+    [txt] = live_sensor.wait_for(
+        ctr_event(lambda ev: ev.kind == "dns_query" and ev.dns.query == "cadr-sendto.example")
+    )
     assert txt.dns.qtype == "TXT" and txt.dns.server_ip == "127.0.0.1"
     glibc = live_sensor.wait_for(
         ctr_event(lambda ev: ev.kind == "dns_query" and ev.dns.query == "cadr-glibc.example"), count=2
@@ -183,15 +193,19 @@ def test_container_scenario(live_sensor, make_container, workdir: Path) -> None:
     # the bind mount of resolv.conf is a privilege event too
     [mnt] = live_sensor.wait_for(
         ctr_event(
-            lambda ev: ev.kind == "privilege_change"
-            and ev.privilege.op == "mount"
-            and "on /etc/resolv.conf" in ev.privilege.detail
+            lambda ev: (
+                ev.kind == "privilege_change"
+                and ev.privilege.op == "mount"
+                and "on /etc/resolv.conf" in ev.privilege.detail
+            )
         )
     )
     assert mnt.privilege.detail.startswith(str(workdir / "resolv.conf")) and mnt.privilege.result == 0
     # unshare --mount-proc mounted /proc in the container too
     live_sensor.wait_for(
-        ctr_event(lambda ev: ev.kind == "privilege_change" and ev.privilege.detail.startswith("proc on /proc"))
+        ctr_event(
+            lambda ev: ev.kind == "privilege_change" and ev.privilege.detail.startswith("proc on /proc")
+        )
     )
 
     # 5. setuid
@@ -203,7 +217,9 @@ def test_container_scenario(live_sensor, make_container, workdir: Path) -> None:
     # 6. ptrace (target pid as the tracer saw it: in the container's pid namespace)
     target, rc = info["ptrace"]
     assert rc == 0
-    [pt] = live_sensor.wait_for(ctr_event(lambda ev: ev.kind == "privilege_change" and ev.privilege.op == "ptrace"))
+    [pt] = live_sensor.wait_for(
+        ctr_event(lambda ev: ev.kind == "privilege_change" and ev.privilege.op == "ptrace")
+    )
     assert pt.privilege.detail == "PTRACE_ATTACH" and pt.privilege.target_pid == target
     assert pt.privilege.result == 0
 
@@ -353,7 +369,9 @@ def test_fileless_exec_from_memfd(live_sensor, make_container, workdir: Path) ->
         )
     )
     ctr.run(["/usr/bin/python3", str(script)], namespaces=False)
-    [ev] = live_sensor.wait_for(lambda ev: _in(ctr, ev) and ev.kind == "process_exec" and ev.process.args[:1] == ["cadr-fileless"])
+    [ev] = live_sensor.wait_for(
+        lambda ev: _in(ctr, ev) and ev.kind == "process_exec" and ev.process.args[:1] == ["cadr-fileless"]
+    )
     assert "memfd:cadr-fileless" in ev.process.exe and ev.process.exe.endswith("(deleted)")
 
 
@@ -363,7 +381,8 @@ def test_cgroup_v1_attribution(live_sensor, make_container, workdir: Path) -> No
     if not probe.v1_subsys:
         pytest.skip("no cgroup v1 controller mounted")
     controller = next(
-        name for name in ("pids", "memory", "cpu", "cpuacct", "devices", "freezer", "blkio")
+        name
+        for name in ("pids", "memory", "cpu", "cpuacct", "devices", "freezer", "blkio")
         if Path("/sys/fs/cgroup", name) == Path(probe.v1_mount)
     )
     ctr = make_container("legacy", v1_controller=controller, v2=False)
@@ -396,7 +415,11 @@ def test_small_ring_drops_are_counted_not_silent(workdir: Path) -> None:
         target.write_text("")
         # 5000 write-opens, each always reported: far more than 64 KiB holds
         subprocess.run(
-            [sys.executable, "-c", f"import os\nfor _ in range(5000): os.close(os.open({str(target)!r}, os.O_WRONLY))"],
+            [
+                sys.executable,
+                "-c",
+                f"import os\nfor _ in range(5000): os.close(os.open({str(target)!r}, os.O_WRONLY))",
+            ],
             check=True,
         )
         stats = sensor.probe.stats()
@@ -416,3 +439,140 @@ def test_small_ring_drops_are_counted_not_silent(workdir: Path) -> None:
         assert sum(health.per_cpu_drops) >= health.kernel_drops
     finally:
         sensor.close()
+
+
+def test_sensor_never_reports_itself(live_sensor) -> None:  # type: ignore[no-untyped-def]
+    Path("/etc/hostname").read_text()  # this process opens, forks, ... all the time
+    live_sensor.wait_for(lambda ev: ev.kind == "sensor_health", count=2)
+    assert not [ev for ev in live_sensor.events if ev.process and ev.process.pid == os.getpid()]
+
+
+def _cli_sensor(args: list[str], out: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cadr.cli", "sensor", "ebpf", "--node", "clinode", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return proc
+
+
+def _wait_started(proc: subprocess.Popen[bytes], ready, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"sensor exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        assert time.monotonic() < deadline, "sensor did not start"
+        time.sleep(0.1)
+
+
+def test_cli_output_json_lines(make_container, workdir: Path) -> None:  # type: ignore[no-untyped-def]
+    """`cadr sensor ebpf --output FILE --workloads JSON`: JSON lines, one valid event each."""
+    ctr = make_container("cli")
+    wl_file = workdir / "workloads.json"
+    wl_file.write_text(
+        json.dumps({ctr.container_id: {"namespace": "shop", "pod": "cli-pod", "container": "cli"}})
+    )
+    out = workdir / "events.jsonl"
+    proc = _cli_sensor(["--output", str(out), "--workloads", str(wl_file)], out)
+    try:
+        _wait_started(proc, lambda: out.exists() and b'"state":"started"' in out.read_bytes())
+        ctr.run(["/bin/sh", "-c", "echo cadr-cli-marker"], namespaces=False)
+
+        def marker() -> list[Event]:
+            evs = [decode_event(line) for line in out.read_bytes().splitlines() if b"cadr-cli-marker" in line]
+            return [
+                e for e in evs if e.process and e.process.args == ["/bin/sh", "-c", "echo cadr-cli-marker"]
+            ]
+
+        _wait_started(proc, lambda: bool(marker()))
+    finally:
+        proc.send_signal(2)
+        assert proc.wait(30) == 0
+    [ev] = marker()
+    assert (
+        ev.node == "clinode" and ev.workload.pod == "cli-pod" and ev.workload.container_id == ctr.container_id
+    )
+    lines = out.read_bytes().splitlines()
+    assert all(decode_event(line) for line in lines)
+    assert b'"state":"stopped"' in lines[-1]
+
+
+@pytest.mark.kafka
+def test_cli_publishes_to_kafka_keyed_by_workload(
+    kafka_broker, topic_prefix, make_container, workdir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`cadr sensor ebpf --kafka`: the container's exec arrives on <prefix>raw, keyed by its workload."""
+    import asyncio
+
+    from cadr.topics import ensure_topics
+
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, topic_prefix))
+    ctr = make_container("kafka")
+    wl_file = workdir / "workloads.json"
+    wl_file.write_text(
+        json.dumps(
+            {
+                ctr.container_id: {
+                    "namespace": "shop",
+                    "pod": "k-pod",
+                    "workload_kind": "Deployment",
+                    "workload_name": "k",
+                }
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "cadr.cli", "--topic-prefix", topic_prefix, "sensor", "ebpf",
+            "--kafka", kafka_broker.bootstrap, "--spool-dir", str(workdir / "spool"),
+            "--workloads", str(wl_file), "--node", "kafkanode",
+        ],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        from sensors.publisher import Publisher  # noqa: F401  (import check before waiting)
+
+        got: list[tuple[bytes, Event]] = []
+
+        async def consume() -> None:
+            import time
+
+            from aiokafka import AIOKafkaConsumer
+
+            consumer = AIOKafkaConsumer(
+                f"{topic_prefix}raw", bootstrap_servers=kafka_broker.bootstrap, auto_offset_reset="earliest"
+            )
+            await consumer.start()
+            try:
+                deadline = time.monotonic() + 90
+                started = False
+                while time.monotonic() < deadline:
+                    batches = await consumer.getmany(timeout_ms=500)
+                    for msgs in batches.values():
+                        for m in msgs:
+                            if b'"state":"started"' in m.value and not started:
+                                started = True
+                                await asyncio.to_thread(
+                                    ctr.run, ["/bin/sh", "-c", "echo cadr-kafka-marker"], namespaces=False
+                                )
+                            if b"echo cadr-kafka-marker" in m.value:
+                                ev = decode_event(m.value)
+                                if ev.process and ev.process.args == [
+                                    "/bin/sh",
+                                    "-c",
+                                    "echo cadr-kafka-marker",
+                                ]:
+                                    got.append((m.key, ev))
+                                    return
+            finally:
+                await consumer.stop()
+
+        asyncio.run(consume())
+    finally:
+        proc.send_signal(2)
+        rc = proc.wait(60)
+    assert rc == 0, proc.stderr.read().decode() if proc.stderr else ""
+    [(key, ev)] = got
+    assert key == b"local/shop/Deployment/k" and ev.workload.container_id == ctr.container_id

@@ -29,8 +29,22 @@ class FixedClock(BootClock):
 
 def hdr(rtype: int, size: int, **kw: object) -> tuple:
     h = dict(
-        type=rtype, size=size, cpu=1, seq=7, ktime=5_000, pid=100, tid=101, start=900, ppid=50, uid=1000,
-        pstart=800, cgroup=42, cgroup_v1=0, mnt_ns=4026531840, pid_ns=4026531836, comm=b"bash\0\0",
+        type=rtype,
+        size=size,
+        cpu=1,
+        seq=7,
+        ktime=5_000,
+        pid=100,
+        tid=101,
+        start=900,
+        ppid=50,
+        uid=1000,
+        pstart=800,
+        cgroup=42,
+        cgroup_v1=0,
+        mnt_ns=4026531840,
+        pid_ns=4026531836,
+        comm=b"bash\0\0",
     )
     h.update(kw)
     return tuple(h.values())
@@ -60,7 +74,9 @@ def test_exec_record() -> None:
     exe, cwd, args, fname = b"/usr/bin/curl", b"/tmp", b"curl\0-s\0http://x\0", b"/usr/bin/curl"
     size = layout.EXEC.size + len(exe) + len(cwd) + len(args) + len(fname)
     flags = layout.EXEC_TTY | layout.EXEC_STDOUT_SOCK
-    raw = layout.EXEC.pack(*hdr(layout.T_EXEC, size), 0, 1000, 1000, flags, len(exe), len(cwd), len(args), len(fname))
+    raw = layout.EXEC.pack(
+        *hdr(layout.T_EXEC, size), 0, 1000, 1000, flags, len(exe), len(cwd), len(args), len(fname)
+    )
     raw += exe + cwd + args + fname
     d, _ = decoder()
     ev, key = run(d, raw)
@@ -81,7 +97,9 @@ def test_exec_record() -> None:
 def test_exec_of_a_deleted_file_and_undecodable_bytes() -> None:
     exe, args = b"/memfd:x", b"a\xff\0"
     size = layout.EXEC.size + len(exe) + len(args)
-    raw = layout.EXEC.pack(*hdr(layout.T_EXEC, size), 0, 0, 0, layout.EXEC_EXE_DELETED, len(exe), 0, len(args), 0)
+    raw = layout.EXEC.pack(
+        *hdr(layout.T_EXEC, size), 0, 0, 0, layout.EXEC_EXE_DELETED, len(exe), 0, len(args), 0
+    )
     ev, _ = run(decoder()[0], raw + exe + args)
     assert ev.process.exe == "/memfd:x (deleted)"
     assert ev.process.args == ["a\\xff"]
@@ -98,16 +116,29 @@ def test_fork_exit_open() -> None:
     assert killed.process.exit_code == -9
     path = b"/etc/passwd"
     raw = layout.OPEN.pack(
-        *hdr(layout.T_OPEN, layout.OPEN.size + len(path)), 0o1101, 0o100644, 3, len(path), layout.OPEN_WRITE, 0, 7, 8, 0xEF53
+        *hdr(layout.T_OPEN, layout.OPEN.size + len(path)),
+        0o1101,
+        0o100644,
+        3,
+        len(path),
+        layout.OPEN_WRITE,
+        0,
+        7,
+        8,
+        0xEF53,
     )
     op, _ = run(d, raw + path)
-    assert op.kind == "file_open" and op.file.path == "/etc/passwd" and op.file.write and op.file.flags == 0o1101
+    assert (
+        op.kind == "file_open" and op.file.path == "/etc/passwd" and op.file.write and op.file.flags == 0o1101
+    )
 
 
 def test_network_records() -> None:
     d, _ = decoder()
     v4 = lambda ip: socket.inet_pton(socket.AF_INET, ip) + b"\0" * 12  # noqa: E731
-    raw = layout.NET.pack(*hdr(layout.T_CONNECT, layout.NET.size), 2, 6, 40000, 443, v4("10.0.0.5"), v4("1.2.3.4"), 0, 5)
+    raw = layout.NET.pack(
+        *hdr(layout.T_CONNECT, layout.NET.size), 2, 6, 40000, 443, v4("10.0.0.5"), v4("1.2.3.4"), 0, 5
+    )
     ev, _ = run(d, raw)
     n = ev.network
     assert ev.kind == "net_connect" and (n.protocol, n.family, n.direction) == ("tcp", "ipv4", "egress")
@@ -116,7 +147,9 @@ def test_network_records() -> None:
     raw = layout.NET.pack(*hdr(layout.T_ACCEPT, layout.NET.size), 10, 6, 8080, 50000, v6, v6, 4, 4)
     ev, _ = run(d, raw)
     assert ev.kind == "net_accept" and ev.network.family == "ipv6" and ev.network.direction == "ingress"
-    raw = layout.NET.pack(*hdr(layout.T_LISTEN, layout.NET.size), 2, 6, 8080, 0, v4("0.0.0.0"), v4("0.0.0.0"), 0, 3)
+    raw = layout.NET.pack(
+        *hdr(layout.T_LISTEN, layout.NET.size), 2, 6, 8080, 0, v4("0.0.0.0"), v4("0.0.0.0"), 0, 3
+    )
     assert run(d, raw)[0].kind == "net_listen"
 
 
@@ -167,7 +200,20 @@ def test_privilege_records(op, arg0, arg1, strings, check) -> None:  # type: ign
     size = layout.PRIV.size + sum(map(len, s))
     old_caps, new_caps = (0x1FF, 0) if op == 9 else (0, 0)
     raw = layout.PRIV.pack(
-        *hdr(layout.T_PRIV, size), op, len(s[0]), len(s[1]), len(s[2]), 0, arg0, arg1, 1000, 0, 1000, 0, old_caps, new_caps
+        *hdr(layout.T_PRIV, size),
+        op,
+        len(s[0]),
+        len(s[1]),
+        len(s[2]),
+        0,
+        arg0,
+        arg1,
+        1000,
+        0,
+        1000,
+        0,
+        old_caps,
+        new_caps,
     )
     ev, _ = run(decoder()[0], raw + b"".join(s))
     assert ev.kind == "privilege_change" and check(ev.privilege)
@@ -213,12 +259,15 @@ def test_json_fast_path_equals_the_event_path() -> None:
     ]
     for path in (b"/var/log/x.log", weird):
         records.append(
-            layout.OPEN.pack(*hdr(layout.T_OPEN, layout.OPEN.size + len(path)), 0o2, 0o100600, 4, len(path), 1, 0, 1, 2, 3)
+            layout.OPEN.pack(
+                *hdr(layout.T_OPEN, layout.OPEN.size + len(path)), 0o2, 0o100600, 4, len(path), 1, 0, 1, 2, 3
+            )
             + path
         )
     exe = b"/bin/ls"
     records.append(
-        layout.EXEC.pack(*hdr(layout.T_EXEC, layout.EXEC.size + len(exe)), 0, 0, 0, 0, len(exe), 0, 0, 0) + exe
+        layout.EXEC.pack(*hdr(layout.T_EXEC, layout.EXEC.size + len(exe)), 0, 0, 0, 0, len(exe), 0, 0, 0)
+        + exe
     )
     fast, _ = decoder()
     slow, _ = decoder()
@@ -233,7 +282,9 @@ def test_fragment_cache_follows_the_attribution() -> None:
     """A container first unknown, then resolved: the cached JSON must not keep the old answer."""
     answers = [(Workload(cluster="c", container_id="ab" * 32), b"k1", 5.0), (WL, KEY, None)]
     now = [0.0]
-    d = Decoder(NODE, FixedClock(0), lambda cg, v1: answers[0] if now[0] < 5 else answers[1], monotonic=lambda: now[0])
+    d = Decoder(
+        NODE, FixedClock(0), lambda cg, v1: answers[0] if now[0] < 5 else answers[1], monotonic=lambda: now[0]
+    )
     raw = layout.FORK.pack(*hdr(layout.T_FORK, layout.FORK.size))
     first = decode_event(d.decode_json(memoryview(raw), 0, len(raw))[0])
     assert first.workload.pod == ""

@@ -27,7 +27,10 @@ def btf_structs() -> dict[str, tuple[int, dict[str, int]]]:
         pytest.skip("needs bpftool and kernel BTF to build the object")
     obj = build_object()
     dump = subprocess.run(
-        ["bpftool", "btf", "dump", "file", str(obj), "format", "raw"], capture_output=True, text=True, check=True
+        ["bpftool", "btf", "dump", "file", str(obj), "format", "raw"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     out: dict[str, tuple[int, dict[str, int]]] = {}
     current = None
@@ -53,6 +56,8 @@ def test_struct_matches_btf(btf_structs, name: str) -> None:  # type: ignore[no-
     assert st.size == size, f"{name}: Python {st.size} bytes, BPF {size}"
     offset = 0
     for member, fmt in fields:
-        assert members.get(member) == offset, f"{name}.{member}: Python offset {offset}, BPF {members.get(member)}"
+        assert members.get(member) == offset, (
+            f"{name}.{member}: Python offset {offset}, BPF {members.get(member)}"
+        )
         offset += struct.calcsize("<" + fmt)
     assert set(members) == {m for m, _ in fields}

@@ -18,7 +18,7 @@ import pytest
 
 from schemas.codec import decode_event
 from schemas.records import Event, EventKind, Process, Workload
-from sensors.publisher import Publisher, encode_event
+from sensors.publisher import Publisher
 from sensors.spool import Spool
 
 # ----------------------------------------------------------------------------------- spool
@@ -136,7 +136,9 @@ async def wait_until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-un
 def publisher(tmp_path: Path, broker: FakeBroker, **kw: Any) -> Publisher:
     opts: dict[str, Any] = dict(batch_events=20, linger_s=0.01, retry_backoff_s=0.02, max_backoff_s=0.05)
     opts.update(kw)
-    return Publisher("fake:9092", "cadr.raw", str(tmp_path / "spool"), producer_factory=broker.factory, **opts)
+    return Publisher(
+        "fake:9092", "cadr.raw", str(tmp_path / "spool"), producer_factory=broker.factory, **opts
+    )
 
 
 async def test_outage_spools_and_drains_in_order(tmp_path: Path) -> None:
@@ -173,7 +175,9 @@ async def test_memory_bound_spills_to_spool_then_drains(tmp_path: Path) -> None:
     await pub.start()
     for i in range(1000):
         pub.publish_nowait(b"%d" % i, key=b"k")
-    await wait_until(lambda: pub.spool.events + pub.counters()["memory_events"] == 1000 and pub.spool.events > 900)
+    await wait_until(
+        lambda: pub.spool.events + pub.counters()["memory_events"] == 1000 and pub.spool.events > 900
+    )
     broker.up = True
     assert await pub.flush(10)
     await pub.close()
@@ -213,7 +217,9 @@ async def test_full_spool_drops_oldest_and_reports(tmp_path: Path) -> None:
 async def test_events_are_keyed_by_workload(tmp_path: Path) -> None:
     broker = FakeBroker()
     wl = Workload(cluster="c", namespace="shop", pod="web-1", workload_kind="Deployment", workload_name="web")
-    ev = Event(event_id="e1", time=1_700_000_000_123_456_789, source="ebpf", kind=EventKind.PROCESS_EXEC, workload=wl)
+    ev = Event(
+        event_id="e1", time=1_700_000_000_123_456_789, source="ebpf", kind=EventKind.PROCESS_EXEC, workload=wl
+    )
     async with publisher(tmp_path, broker) as pub:
         await pub.publish(ev)
         assert await pub.flush(5)
@@ -237,10 +243,14 @@ def event(i: int, wl: Workload) -> Event:
     )
 
 
-async def consume_all(bootstrap: str, topic: str, expect: int, timeout: float = 60) -> list[tuple[bytes, Event]]:
+async def consume_all(
+    bootstrap: str, topic: str, expect: int, timeout: float = 60
+) -> list[tuple[bytes, Event]]:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     out: list[tuple[bytes, Event]] = []
     try:
@@ -260,7 +270,10 @@ async def test_publish_to_kafka_lz4_keyed(kafka_broker, topic_prefix: str, tmp_p
 
     await ensure_topics(kafka_broker.bootstrap, topic_prefix)
     topic = f"{topic_prefix}raw"
-    wls = [Workload(cluster="c", namespace="ns", pod=f"p{i}", workload_kind="Deployment", workload_name=f"w{i}") for i in range(3)]
+    wls = [
+        Workload(cluster="c", namespace="ns", pod=f"p{i}", workload_kind="Deployment", workload_name=f"w{i}")
+        for i in range(3)
+    ]
     async with Publisher(kafka_broker.bootstrap, topic, str(tmp_path / "spool"), compression="lz4") as pub:
         for i in range(3000):
             await pub.publish(event(i, wls[i % 3]))
@@ -285,8 +298,15 @@ async def test_kafka_outage_of_30s_loses_nothing_and_keeps_order(tmp_path: Path)
     try:
         await ensure_topics(kafka.bootstrap, "outage.")
         topic = "outage.raw"
-        wls = [Workload(cluster="c", namespace="ns", pod=f"p{i}", workload_kind="Deployment", workload_name=f"w{i}") for i in range(4)]
-        pub = Publisher(kafka.bootstrap, topic, str(tmp_path / "spool"), request_timeout_s=3.0, max_backoff_s=2.0)
+        wls = [
+            Workload(
+                cluster="c", namespace="ns", pod=f"p{i}", workload_kind="Deployment", workload_name=f"w{i}"
+            )
+            for i in range(4)
+        ]
+        pub = Publisher(
+            kafka.bootstrap, topic, str(tmp_path / "spool"), request_timeout_s=3.0, max_backoff_s=2.0
+        )
         await pub.start()
         sent = 0
 

@@ -15,13 +15,31 @@ _ids = count()
 S = 1_000_000_000
 
 
-def alert_for(event: Event, rule: str, sev: Severity = Severity.MEDIUM, tags: list[str] | None = None,
-              context: list[Event] | None = None, actors: list[Actor] | None = None) -> Alert:
+def alert_for(
+    event: Event,
+    rule: str,
+    sev: Severity = Severity.MEDIUM,
+    tags: list[str] | None = None,
+    context: list[Event] | None = None,
+    actors: list[Actor] | None = None,
+) -> Alert:
     n = next(_ids)
     return Alert(
-        alert_id=f"a{n}", rule_id=rule, rule_name=rule.title(), severity=sev, mitre=[f"T{1000 + n}"],
-        message=f"{rule} fired", story=f"did {rule}", time=event.time, first_seen=event.time, last_seen=event.time,
-        workload=event.workload, event=event, context=context or [], tags=tags or [], actors=actors or [],
+        alert_id=f"a{n}",
+        rule_id=rule,
+        rule_name=rule.title(),
+        severity=sev,
+        mitre=[f"T{1000 + n}"],
+        message=f"{rule} fired",
+        story=f"did {rule}",
+        time=event.time,
+        first_seen=event.time,
+        last_seen=event.time,
+        workload=event.workload,
+        event=event,
+        context=context or [],
+        tags=tags or [],
+        actors=actors or [],
     )
 
 
@@ -70,10 +88,18 @@ def test_audit_exec_arriving_after_the_shell_still_joins() -> None:
 
 def test_same_sequence_in_two_workloads_gives_two_stories() -> None:
     a = attack_events(start_ns=3_000 * S, pod="payments-7d9f-aaaaa", pod_ip="10.42.0.5", tag="a")
-    b = attack_events(start_ns=3_000 * S, namespace="billing", pod="billing-1-bbbbb", pod_ip="10.42.0.6", tag="b")
+    b = attack_events(
+        start_ns=3_000 * S, namespace="billing", pod="billing-1-bbbbb", pod_ip="10.42.0.6", tag="b"
+    )
     c = Correlator()
-    out = c.process_many([alert_for(a[1], "shell"), alert_for(b[1], "shell"), alert_for(a[5], "drift", context=[a[1]]),
-                          alert_for(b[5], "drift", context=[b[1]])])
+    out = c.process_many(
+        [
+            alert_for(a[1], "shell"),
+            alert_for(b[1], "shell"),
+            alert_for(a[5], "drift", context=[a[1]]),
+            alert_for(b[5], "drift", context=[b[1]]),
+        ]
+    )
     assert len(out) == 2
     assert all(len(i.alerts) == 2 for i in out)
 
@@ -81,7 +107,9 @@ def test_same_sequence_in_two_workloads_gives_two_stories() -> None:
 def test_lateral_movement_links_connection_to_activity_in_the_peer() -> None:
     a = attack_events(start_ns=4_000 * S, pod="front-1", tag="a")
     b = attack_events(start_ns=4_000 * S + 10 * S, namespace="db", pod="db-0", tag="b")
-    conn = msgspec.structs.replace(a[3], network=msgspec.structs.replace(a[3].network, peer_workload=b[1].workload.key()))  # type: ignore[arg-type]
+    conn = msgspec.structs.replace(
+        a[3], network=msgspec.structs.replace(a[3].network, peer_workload=b[1].workload.key())
+    )  # type: ignore[arg-type]
     c = Correlator()
     c.process(alert_for(conn, "egress"))
     inc = c.process(alert_for(b[1], "shell"))
@@ -90,7 +118,9 @@ def test_lateral_movement_links_connection_to_activity_in_the_peer() -> None:
 
 def test_privileged_pod_creation_links_to_escape_inside_it() -> None:
     ev = attack_events(start_ns=5_000 * S)
-    create = msgspec.structs.replace(ev[0], audit=msgspec.structs.replace(ev[0].audit, subresource="", verb="create"))  # type: ignore[arg-type]
+    create = msgspec.structs.replace(
+        ev[0], audit=msgspec.structs.replace(ev[0].audit, subresource="", verb="create")
+    )  # type: ignore[arg-type]
     c = Correlator()
     c.process(alert_for(create, "privileged-pod"))
     inc = c.process(alert_for(ev[1], "nsenter"))

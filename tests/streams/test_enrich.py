@@ -45,7 +45,9 @@ def test_bad_records_become_dead_letters_with_reason_and_position() -> None:
 
 
 def test_events_are_keyed_by_workload_and_filled_in() -> None:
-    wl = Workload(namespace="shop", pod="cart-1", container="app", workload_kind="Deployment", workload_name="cart")
+    wl = Workload(
+        namespace="shop", pod="cart-1", container="app", workload_kind="Deployment", workload_name="cart"
+    )
     en = Enricher(cluster="prod", max_record_bytes=1 << 20, lookup=StaticLookup({"abc": wl}))
     out = en.process([_raw(workload={"container_id": "abc"})])
     key, value = out.events[0]
@@ -57,11 +59,23 @@ def test_events_are_keyed_by_workload_and_filled_in() -> None:
 
 def test_connection_learns_peer_workload_from_pod_ips() -> None:
     en = Enricher(cluster="c", max_record_bytes=1 << 20)
-    db = Event(event_id="1", time=1, source="ebpf", kind=EventKind.PROCESS_EXEC,
-               workload=Workload(namespace="db", pod="db-0", workload_kind="StatefulSet", workload_name="db", pod_ip="10.0.0.9"))
-    web = Event(event_id="2", time=2, source="ebpf", kind=EventKind.NET_CONNECT,
-                workload=Workload(namespace="web", pod="web-1", pod_ip="10.0.0.3"),
-                network=Network(dst_ip="10.0.0.9", dst_port=5432))
+    db = Event(
+        event_id="1",
+        time=1,
+        source="ebpf",
+        kind=EventKind.PROCESS_EXEC,
+        workload=Workload(
+            namespace="db", pod="db-0", workload_kind="StatefulSet", workload_name="db", pod_ip="10.0.0.9"
+        ),
+    )
+    web = Event(
+        event_id="2",
+        time=2,
+        source="ebpf",
+        kind=EventKind.NET_CONNECT,
+        workload=Workload(namespace="web", pod="web-1", pod_ip="10.0.0.3"),
+        network=Network(dst_ip="10.0.0.9", dst_port=5432),
+    )
     out = en.process([encode(db), encode(web)])
     assert out.decoded[1].network is not None
     assert out.decoded[1].network.peer_workload == "c/db/StatefulSet/db"

@@ -124,6 +124,16 @@ async def test_max_attempts_dead_letters_instead_of_dropping() -> None:
     assert dead == [("inc-000001:1", "gave up after 2 attempts: down")]
 
 
+async def test_max_attempts_on_a_partial_failure_dead_letters_only_the_failing_item() -> None:
+    def script(items: Sequence[Item], n: int) -> list[ItemResult]:
+        return [ItemResult(Status.RETRY, "429") if i.dedup_id == "inc-000001:1" else OK for i in items]
+
+    dest = Scripted(script, retry={"max_attempts": 2}, concurrency=1)
+    _, dead, _ = await _run(dest, _items([(1, 1), (1, 2), (2, 1)]))
+    assert [d for d, _ in dead] == ["inc-000001:1"]
+    assert dest.requests[-1] == ["inc-000001:2"]  # the later revision still goes after it
+
+
 async def test_partial_failure_resends_only_what_must_go_again() -> None:
     def script(items: Sequence[Item], n: int) -> list[ItemResult] | None:
         if n == 1:  # 1:1 throttled, 2:1 refused, the rest fine

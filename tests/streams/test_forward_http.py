@@ -329,3 +329,39 @@ async def test_webhook_down_then_up() -> None:
     async with hook:
         await asyncio.wait_for(task, 30)
     assert len(hook.records) == 5 and run.metrics.up and not run.dead
+
+
+async def test_alerts_as_ocsf_to_hec() -> None:
+    """``records = "alerts"``: alerts are forwarded like incidents, keyed by alert id and count."""
+    from schemas.records import Alert, Severity, Workload
+
+    alert = Alert(
+        alert_id="al-7",
+        rule_id="R-SHELL",
+        rule_name="Shell in container",
+        severity=Severity.HIGH,
+        mitre=["T1059.004"],
+        message="/bin/sh in web",
+        time=1_790_000_000_000_000_000,
+        first_seen=1_790_000_000_000_000_000,
+        last_seen=1_790_000_000_000_000_000,
+        count=2,
+        workload=Workload(namespace="shop", pod="web-1"),
+    )
+    async with HecServer() as hec:
+        run = Run(
+            {
+                "type": "splunk_hec",
+                "url": hec.url,
+                "token": "hec-token",
+                "records": "alerts",
+                "format": "ocsf",
+                "filter": {"rules": ["R-*"], "namespaces": ["shop"]},
+            }
+        )
+        await run.deliver([make_item(alert, run.cfg)])
+    (ev,) = hec.events
+    assert ev["sourcetype"] == "cadr:alert:ocsf"
+    assert ev["fields"] == {"alert_id": "al-7", "revision": "2", "severity": "high"}
+    assert ev["event"]["finding_info"]["analytic"]["uid"] == "R-SHELL"
+    assert ev["event"]["metadata"]["uid"] == "al-7:2"

@@ -159,3 +159,35 @@ def test_syslog_compacts_then_refuses_oversized_records() -> None:
 def test_compact_payload_for_ocsf() -> None:
     out = compact_payload({"evidences": [1], "finding_info": {"uid": "x", "related_events": [1]}})
     assert out == {"finding_info": {"uid": "x"}, "truncated": True}
+
+
+def test_cef_line_for_an_alert() -> None:
+    from schemas.records import Alert, Event, EventKind, Network, Process, Workload
+
+    event = Event(
+        event_id="e1",
+        time=1,
+        source="ebpf",
+        kind=EventKind.NET_CONNECT,
+        process=Process(pid=42, comm="curl"),
+        network=Network(src_ip="10.0.0.5", src_port=40000, dst_ip="1.2.3.4", dst_port=443),
+    )
+    alert = Alert(
+        alert_id="al-1",
+        rule_id="R-EGRESS",
+        rule_name="Unexpected egress",
+        severity=Severity.MEDIUM,
+        message="curl connected out",
+        time=2_000_000,
+        first_seen=1_000_000,
+        last_seen=2_000_000,
+        workload=Workload(namespace="shop", pod="web-1"),
+        event=event,
+    )
+    line = cef_line(alert)
+    assert line.startswith("CEF:0|cadr|cadr|") and "|R-EGRESS|Unexpected egress|5|" in line
+    assert "sproc=curl spid=42" in line and "dst=1.2.3.4 dpt=443" in line
+    assert "cs6=al-1:1 cs6Label=dedupId" in line and line.endswith("msg=curl connected out")
+    assert matches(alert, Severity.MEDIUM, FilterConfig(rules=("R-*",), namespaces=("shop",)))
+    # an alert has no status: a status filter does not drop it
+    assert matches(alert, Severity.MEDIUM, FilterConfig(status=("closed",)))

@@ -32,7 +32,9 @@ def test_event_reaches_clickhouse_enriched_and_its_incident_the_topic(settings: 
     try:
         asyncio.run(publish(settings, events))
         incidents = asyncio.run(
-            consume_until(settings, "incidents", lambda recs: any(len(r["alerts"]) >= 3 for r in recs), timeout=180)
+            consume_until(
+                settings, "incidents", lambda recs: any(len(r["alerts"]) >= 3 for r in recs), timeout=180
+            )
         )
         latest = max(incidents, key=lambda r: (len(r["alerts"]), r["revision"]))
         assert latest["schema_version"] == 1
@@ -42,7 +44,9 @@ def test_event_reaches_clickhouse_enriched_and_its_incident_the_topic(settings: 
         ids = [e.event_id for e in events]
 
         def stored() -> bool:
-            rows = run_query(settings, f"SELECT count() AS n FROM cadr.events WHERE event_id IN {tuple(ids)!r}")
+            rows = run_query(
+                settings, f"SELECT count() AS n FROM cadr.events WHERE event_id IN {tuple(ids)!r}"
+            )
             return rows[0]["n"] == len(ids)
 
         worker.wait_until(stored, 120, "the attack events in ClickHouse")
@@ -52,7 +56,10 @@ def test_event_reaches_clickhouse_enriched_and_its_incident_the_topic(settings: 
         )
         assert [r["event_id"] for r in rows] == ids
         assert all(r["cluster"] == "test" and r["enriched"] for r in rows)
-        inc_rows = run_query(settings, f"SELECT max(revision) AS rev FROM cadr.incidents WHERE incident_id = '{latest['incident_id']}'")
+        inc_rows = run_query(
+            settings,
+            f"SELECT max(revision) AS rev FROM cadr.incidents WHERE incident_id = '{latest['incident_id']}'",
+        )
         assert inc_rows[0]["rev"] >= 1
     finally:
         worker.stop()
@@ -63,8 +70,15 @@ def test_malformed_records_land_in_dlq_and_the_worker_keeps_going(settings: Any)
     bad = [
         b"{this is not json",
         orjson.dumps({"event_id": "w1", "time": "yesterday", "source": "ebpf", "kind": "process_exec"}),
-        orjson.dumps({"event_id": "big", "time": 1, "source": "ebpf", "kind": "process_exec",
-                      "process": {"exe": "x" * (5 << 20)}}),
+        orjson.dumps(
+            {
+                "event_id": "big",
+                "time": 1,
+                "source": "ebpf",
+                "kind": "process_exec",
+                "process": {"exe": "x" * (5 << 20)},
+            }
+        ),
         b'{"event_id": "\xff\xfe", "time": 1, "source": "ebpf", "kind": "process_exec"}',
     ]
     worker = Pipeline(settings).start()

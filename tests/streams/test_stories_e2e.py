@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,9 +29,18 @@ NODE = "node-e2e"
 
 def wl(ns: str, pod: str, ip: str = "", sa: str = "default", window: str = "") -> Workload:
     labels = {"cadr.dev/learning-window": window} if window else {}
-    return Workload(cluster="test", namespace=ns, pod=pod, container="app", container_id=f"cid-{ns}-{pod}",
-                    workload_kind="Deployment", workload_name=pod.rsplit("-", 1)[0], pod_ip=ip, service_account=sa,
-                    labels=labels)
+    return Workload(
+        cluster="test",
+        namespace=ns,
+        pod=pod,
+        container="app",
+        container_id=f"cid-{ns}-{pod}",
+        workload_kind="Deployment",
+        workload_name=pod.rsplit("-", 1)[0],
+        pod_ip=ip,
+        service_account=sa,
+        labels=labels,
+    )
 
 
 class Seq:
@@ -46,26 +54,73 @@ class Seq:
     def add(self, at: float, kind: EventKind, workload: Workload, **blocks: Any) -> Event:
         self.n += 1
         source = Source.K8S_AUDIT if kind is EventKind.K8S_API else Source.EBPF
-        e = Event(event_id=f"{self.name}-{self.n}", time=T0 + int(at * S), node=NODE, source=source, kind=kind,
-                  workload=workload, **blocks)
+        e = Event(
+            event_id=f"{self.name}-{self.n}",
+            time=T0 + int(at * S),
+            node=NODE,
+            source=source,
+            kind=kind,
+            workload=workload,
+            **blocks,
+        )
         self.events.append(e)
         return e
 
-    def exe(self, at: float, w: Workload, exe: str, args: list[str], parent: str = "", tty: bool = False) -> str:
+    def exe(
+        self, at: float, w: Workload, exe: str, args: list[str], parent: str = "", tty: bool = False
+    ) -> str:
         exec_id = f"{self.name}-x{self.n + 1}"
-        self.add(at, EventKind.PROCESS_EXEC, w, process=Process(
-            pid=1000 + self.n, exe=exe, comm=exe.rsplit("/", 1)[-1], args=args, exec_id=exec_id,
-            parent_exec_id=parent, parent_exe="/bin/bash" if parent else "/usr/bin/runc", tty=tty, uid=0))
+        self.add(
+            at,
+            EventKind.PROCESS_EXEC,
+            w,
+            process=Process(
+                pid=1000 + self.n,
+                exe=exe,
+                comm=exe.rsplit("/", 1)[-1],
+                args=args,
+                exec_id=exec_id,
+                parent_exec_id=parent,
+                parent_exe="/bin/bash" if parent else "/usr/bin/runc",
+                tty=tty,
+                uid=0,
+            ),
+        )
         return exec_id
 
-    def audit(self, at: float, user: str, verb: str, resource: str, ns: str, name: str = "", sub: str = "",
-              ips: tuple[str, ...] = ("192.0.2.1",), request: dict[str, Any] | None = None) -> None:
+    def audit(
+        self,
+        at: float,
+        user: str,
+        verb: str,
+        resource: str,
+        ns: str,
+        name: str = "",
+        sub: str = "",
+        ips: tuple[str, ...] = ("192.0.2.1",),
+        request: dict[str, Any] | None = None,
+    ) -> None:
         target = Workload(cluster="test", namespace=ns, pod=name if resource == "pods" else "")
-        self.add(at, EventKind.K8S_API, target, audit=Audit(
-            audit_id=f"{self.name}-a{self.n + 1}", verb=verb, user=user, groups=["system:authenticated"],
-            resource=resource, subresource=sub, namespace=ns, name=name, source_ips=list(ips),
-            user_agent="kubectl/v1.30", response_code=201 if verb == "create" and not sub else 200, decision="allow",
-            request=request or {}))
+        self.add(
+            at,
+            EventKind.K8S_API,
+            target,
+            audit=Audit(
+                audit_id=f"{self.name}-a{self.n + 1}",
+                verb=verb,
+                user=user,
+                groups=["system:authenticated"],
+                resource=resource,
+                subresource=sub,
+                namespace=ns,
+                name=name,
+                source_ips=list(ips),
+                user_agent="kubectl/v1.30",
+                response_code=201 if verb == "create" and not sub else 200,
+                decision="allow",
+                request=request or {},
+            ),
+        )
 
 
 def process_tree() -> Seq:
@@ -90,8 +145,13 @@ def token_api() -> Seq:
     cat = s.exe(0.5, w, "/bin/cat", ["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"], parent=sh)
     from schemas.records import File
 
-    s.add(0.6, EventKind.FILE_OPEN, w, process=Process(pid=2000, exe="/bin/cat", exec_id=cat, parent_exec_id=sh),
-          file=File(path="/var/run/secrets/kubernetes.io/serviceaccount/token"))
+    s.add(
+        0.6,
+        EventKind.FILE_OPEN,
+        w,
+        process=Process(pid=2000, exe="/bin/cat", exec_id=cat, parent_exec_id=sh),
+        file=File(path="/var/run/secrets/kubernetes.io/serviceaccount/token"),
+    )
     s.audit(3, "system:serviceaccount:tk:tk-sa", "get", "secrets", "prod", "db-password", ips=("10.50.0.3",))
     return s
 
@@ -102,20 +162,41 @@ def lateral() -> Seq:
     b = wl("lat", "db-1", ip="10.60.0.2", window="1")
     s.exe(0, b, "/usr/local/bin/redis-server", ["redis-server"])
     app = s.exe(0, a, "/usr/local/bin/app", ["app"])
-    s.add(0.2, EventKind.NET_CONNECT, a, process=Process(pid=1, exe="/usr/local/bin/app", exec_id=app),
-          network=Network(src_ip="10.60.0.1", dst_ip="10.96.0.10", dst_port=53, protocol="udp"))
+    s.add(
+        0.2,
+        EventKind.NET_CONNECT,
+        a,
+        process=Process(pid=1, exe="/usr/local/bin/app", exec_id=app),
+        network=Network(src_ip="10.60.0.1", dst_ip="10.96.0.10", dst_port=53, protocol="udp"),
+    )
     s.exe(3, a, "/usr/local/bin/app", ["app"])  # learning windows are over for both
     s.exe(3, b, "/usr/local/bin/redis-server", ["redis-server"])
-    s.add(4, EventKind.NET_CONNECT, a, process=Process(pid=1, exe="/usr/local/bin/app", exec_id=app),
-          network=Network(src_ip="10.60.0.1", src_port=40000, dst_ip="10.60.0.2", dst_port=6379))
+    s.add(
+        4,
+        EventKind.NET_CONNECT,
+        a,
+        process=Process(pid=1, exe="/usr/local/bin/app", exec_id=app),
+        network=Network(src_ip="10.60.0.1", src_port=40000, dst_ip="10.60.0.2", dst_port=6379),
+    )
     s.exe(6, b, "/bin/bash", ["bash"], tty=True)
     return s
 
 
 def privileged_pod() -> Seq:
     s, w = Seq("pp"), wl("pp", "pp-1")
-    s.audit(0, "carol@example.com", "create", "pods", "pp", "pp-1",
-            request={"privileged": True, "images": ["alpine:3.20"], "containers": [{"name": "app", "privileged": True}]})
+    s.audit(
+        0,
+        "carol@example.com",
+        "create",
+        "pods",
+        "pp",
+        "pp-1",
+        request={
+            "privileged": True,
+            "images": ["alpine:3.20"],
+            "containers": [{"name": "app", "privileged": True}],
+        },
+    )
     s.exe(5, w, "/usr/bin/nsenter", ["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "sh"])
     return s
 
@@ -130,12 +211,20 @@ def benign() -> Seq:
             from schemas.records import File
 
             for j in range(3):
-                s.add(phase + 0.1 * j, EventKind.FILE_OPEN, w,
-                      process=Process(pid=10 + phase, exe="/usr/sbin/nginx", exec_id=nginx),
-                      file=File(path=f"/var/cache/nginx/client_temp/{phase}{i}{j}0000{j}"))
-                s.add(phase + 0.1 * j, EventKind.FILE_OPEN, w,
-                      process=Process(pid=10 + phase, exe="/usr/sbin/nginx", exec_id=nginx),
-                      file=File(path="/etc/nginx/nginx.conf"))
+                s.add(
+                    phase + 0.1 * j,
+                    EventKind.FILE_OPEN,
+                    w,
+                    process=Process(pid=10 + phase, exe="/usr/sbin/nginx", exec_id=nginx),
+                    file=File(path=f"/var/cache/nginx/client_temp/{phase}{i}{j}0000{j}"),
+                )
+                s.add(
+                    phase + 0.1 * j,
+                    EventKind.FILE_OPEN,
+                    w,
+                    process=Process(pid=10 + phase, exe="/usr/sbin/nginx", exec_id=nginx),
+                    file=File(path="/etc/nginx/nginx.conf"),
+                )
     return s
 
 
@@ -156,7 +245,9 @@ def stories(kafka_broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """Run every scenario through one worker; incidents (latest revision) and alerts by namespace."""
     import uuid
 
-    settings = make_settings(kafka_broker.bootstrap, f"e2e{uuid.uuid4().hex[:6]}.", tmp_path_factory.mktemp("e2e"))
+    settings = make_settings(
+        kafka_broker.bootstrap, f"e2e{uuid.uuid4().hex[:6]}.", tmp_path_factory.mktemp("e2e")
+    )
     settings.worker.agents = ["enrich", "detect", "correlate"]
     ensure_topics_sync(settings)
     import os

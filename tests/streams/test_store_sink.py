@@ -1,0 +1,142 @@
+"""The store writer on the embedded engine: exact dedup of redelivered batches, replay marks, bad records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import orjson
+import pytest
+
+from schemas.codec import encode
+from schemas.records import Alert, Incident, Profile, Severity
+from streams.store.columns import events_table
+from streams.store.dedup import Coord
+from streams.store.sink import StoreWriter
+from tests.streams.store_support import coords, event, payloads, rows, store_counts
+
+
+@pytest.fixture
+def dsn(tmp_path: Path) -> str:
+    return f"chdb://{tmp_path / 'store'}"
+
+
+def test_events_are_stored_with_their_columns(dsn: str) -> None:
+    values = payloads(2000)
+    with StoreWriter(dsn) as writer:
+        report = writer.write_events(values, coords(2000))
+        assert (report.inserted, report.duplicates, report.rejected) == (2000, 0, 0)
+        assert store_counts(dsn) == (2000, 2000)
+        ((exe, args, tty, parent),) = rows(
+            dsn, "SELECT exe, args, tty, parent_exec_id FROM cadr.events WHERE event_id = 'attack-2'"
+        )
+        assert (exe, args, tty) == ("/bin/bash", ["bash", "-i"], True)
+        ((raw,),) = rows(dsn, "SELECT raw FROM cadr.events WHERE event_id = 'attack-7'")
+        assert orjson.loads(raw)["network"]["dst_ip"] == "203.0.113.66"
+
+
+def test_redelivery_after_a_crash_stores_nothing_twice_even_regrouped(dsn: str) -> None:
+    """A worker inserted offsets 0..999 and died before committing (SIGKILL between insert and commit).
+    The next owner gets them again, regrouped with new messages, and must store each event exactly once."""
+    values = payloads(3000)
+    with StoreWriter(dsn, consumer="g") as first:
+        first.write_events(values[:600], coords(600))
+        first.write_events(values[600:1000], coords(400, start=600))
+    # restart: a new writer (fresh horizons) receives everything from the last commit (offset 0), regrouped
+    with StoreWriter(dsn, consumer="g") as second:
+        r1 = second.write_events(values[:250], coords(250))
+        r2 = second.write_events(values[250:1700], coords(1450, start=250))
+        r3 = second.write_events(values[1700:], coords(1300, start=1700))
+        assert r1.duplicates + r2.duplicates + r3.duplicates == 1000
+        assert r1.inserted + r2.inserted + r3.inserted == 2000
+        assert store_counts(dsn) == (3000, 3000)
+
+
+def test_partly_landed_insert_is_completed_exactly(dsn: str) -> None:
+    """An insert spanning two daily partitions can land one part and not the other before a crash."""
+    values = payloads(1000)
+    decoded = [msgspec.json.decode(v, type=type(event("x"))) for v in values]
+    with StoreWriter(dsn, consumer="g") as first:
+        first.write_events(values[:10], coords(10))  # creates the tables and a first intent
+        # simulate: the intent for offsets 10..999 was written, then only every other row landed
+        first._record_intents(coords(990, start=10))
+        half = [i for i in range(10, 1000) if i % 2]
+        first.client.insert_arrow("cadr.events", events_table([decoded[i] for i in half], [values[i] for i in half]))
+    with StoreWriter(dsn, consumer="g") as second:
+        report = second.write_events(values[10:], coords(990, start=10))
+        assert report.duplicates == len(half)
+        assert store_counts(dsn) == (1000, 1000)
+
+
+def test_new_messages_past_the_horizon_are_not_checked(dsn: str) -> None:
+    values = payloads(400)
+    with StoreWriter(dsn, consumer="g") as first:
+        first.write_events(values[:200], coords(200))
+    with StoreWriter(dsn, consumer="g") as second:
+        second.write_events(values[200:], coords(200, start=200))
+        assert second.guard.horizon("t.events", 0) == 199
+        assert second.guard.suspects([Coord("t.events", 0, 300)], [False]) == []
+        assert store_counts(dsn) == (400, 400)
+
+
+def test_replayed_events_are_not_stored_twice_but_fill_a_fresh_store(tmp_path: Path) -> None:
+    originals = [event(f"e{i}", t=1_790_000_000_000_000_000 + i) for i in range(50)]
+    replayed = [encode(msgspec.structs.replace(e, replayed=True)) for e in originals]
+    live = f"chdb://{tmp_path / 'live'}"
+    with StoreWriter(live) as writer:
+        writer.write_events([encode(e) for e in originals])
+        report = writer.write_events(replayed, [Coord("t.raw", 0, i) for i in range(50)])
+        assert (report.inserted, report.duplicates) == (0, 50)
+        assert store_counts(live) == (50, 50)
+    fresh = f"chdb://{tmp_path / 'fresh'}"
+    with StoreWriter(fresh) as writer:
+        report = writer.write_events(replayed)
+        assert report.inserted == 50
+        stored = rows(fresh, "SELECT raw, replayed FROM cadr.events ORDER BY event_id")
+        assert all(flag for _, flag in stored)
+        assert {orjson.loads(raw)["event_id"] for raw, _ in stored} == {e.event_id for e in originals}
+        assert all("replayed" not in orjson.loads(raw) for raw, _ in stored)
+
+
+def test_repeats_within_a_batch_are_stored_once(dsn: str) -> None:
+    e = encode(event("same"))
+    with StoreWriter(dsn) as writer:
+        report = writer.write_events([e, e, e])
+        assert (report.inserted, report.duplicates) == (1, 2)
+
+
+def test_bad_records_are_rejected_with_the_field_named(dsn: str) -> None:
+    good = encode(event("ok"))
+    bad = orjson.dumps({"event_id": "bad", "time": 1, "source": "x", "kind": "file_open", "process": {"pid": "x"}})
+    with StoreWriter(dsn) as writer:
+        report = writer.write_events([bad, good, b"not json"])
+        assert (report.inserted, report.rejected) == (1, 2)
+        assert "$.process.pid" in report.rejects[0][1]
+
+
+def test_incident_revisions_and_latest_view(dsn: str) -> None:
+    def incident(revision: int, title: str) -> bytes:
+        return encode(
+            Incident(
+                incident_id="inc-1",
+                revision=revision,
+                severity=Severity.HIGH,
+                title=title,
+                summary="s",
+                first_seen=1,
+                last_seen=2 + revision,
+            )
+        )
+
+    alert = Alert(
+        alert_id="a1", rule_id="R", rule_name="r", severity=Severity.LOW, message="m", time=1, first_seen=1, last_seen=1
+    )
+    with StoreWriter(dsn) as writer:
+        writer.write_records("incidents", [incident(1, "first"), incident(2, "second")])
+        writer.write_records("incidents", [incident(2, "second")])  # redelivered revision
+        writer.write_records("alerts", [encode(alert), encode(msgspec.structs.replace(alert, count=4, last_seen=9))])
+        writer.write_records("profiles", [encode(Profile(workload_key="k", revision=1))] * 2)
+        assert rows(dsn, "SELECT revision, title FROM cadr.incidents_latest") == [(2, "second")]
+        assert rows(dsn, "SELECT count() FROM cadr.incidents FINAL") == [(2,)]
+        assert rows(dsn, "SELECT alert_id, count FROM cadr.alerts_latest") == [("a1", 4)]
+        assert rows(dsn, "SELECT count() FROM cadr.profiles_latest") == [(1,)]
