@@ -187,6 +187,8 @@ async def bench_webhook(
         )
         proc.start()
         while not parent.poll():
+            if not proc.is_alive() and not parent.poll():
+                raise RuntimeError(f"the client process died (exit code {proc.exitcode})")
             await asyncio.sleep(0.05)
         elapsed, statuses = parent.recv()
         proc.join(30)

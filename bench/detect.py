@@ -113,19 +113,22 @@ class Fleet:
             self.rng.choice("abcdefghijklmnopqrstuvwxyz0123456789_") for _ in range(8)
         )
 
-    def behaviour(self, w: int, wl: Workload, t: int, kind: str) -> Event:
-        """One normal event of workload ``w`` (kind: exec, read, write, connect, dns, accept, exit, priv)."""
+    #: behaviour kinds and how many variants each has
+    VARIANTS = {"exec": 4, "read": 13, "write": 2, "connect": 3, "dns": 2, "accept": 1, "exit": 1, "priv": 1}
+
+    def behaviour(self, w: int, wl: Workload, t: int, kind: str, variant: int | None = None) -> list[Event]:
+        """Normal events of workload ``w``: one of its ``kind`` behaviours (``variant``, else random)."""
         rng = self.rng
+        v = rng.randrange(self.VARIANTS[kind]) if variant is None else variant
         if kind == "exec":
-            choice = rng.randrange(4)
-            if choice == 0:
+            if v == 0:
                 exe, args = (
                     "/usr/local/bin/svc",
                     ["svc", "--port", "8080", "--workers", str(rng.choice([2, 4, 8]))],
                 )
-            elif choice == 1:
+            elif v == 1:
                 exe, args = "/bin/sh", ["sh", "-c", "/usr/local/bin/healthcheck --port 8080"]
-            elif choice == 2:
+            elif v == 2:
                 exe, args = "/usr/local/bin/healthcheck", ["healthcheck", "--port", "8080"]
             else:
                 job = "".join(rng.choice(_HEX) for _ in range(12))
@@ -133,7 +136,7 @@ class Fleet:
                     "/usr/bin/python3.11",
                     ["python3", "/app/jobs/run.py", "--id", job, "--out", self._tmp()],
                 )
-            return self._ev(wl, t, EventKind.PROCESS_EXEC, process=self._proc(wl, exe, args))
+            return [self._ev(wl, t, EventKind.PROCESS_EXEC, process=self._proc(wl, exe, args))]
         if kind == "read":
             paths = [f"/app/static/chunk{k}.js" for k in range(8)] + [
                 "/etc/svc/config.yaml",
@@ -142,118 +145,68 @@ class Fleet:
                 f"/proc/{rng.randrange(100, 60000)}/status",
                 "/usr/lib/python3.11/json/__init__.py",
             ]
-            return self._ev(
-                wl, t, EventKind.FILE_OPEN, process=self._proc(wl), file=File(path=rng.choice(paths))
-            )
+            return [self._ev(wl, t, EventKind.FILE_OPEN, process=self._proc(wl), file=File(path=paths[v]))]
         if kind == "write":
-            path = rng.choice(["/var/log/svc/app.log", self._tmp()])
-            return self._ev(
-                wl,
-                t,
-                EventKind.FILE_OPEN,
-                process=self._proc(wl),
-                file=File(path=path, flags=577, write=True),
-            )
+            path = "/var/log/svc/app.log" if v == 0 else self._tmp()
+            f = File(path=path, flags=577, write=True)
+            return [self._ev(wl, t, EventKind.FILE_OPEN, process=self._proc(wl), file=f)]
         if kind == "connect":
-            choice = rng.randrange(3)
-            if choice == 0:
+            if v == 0:
                 net = Network(src_ip=wl.pod_ip, src_port=40000, dst_ip=f"10.96.{w % 200}.10", dst_port=5432)
-            elif choice == 1:
+                return [self._ev(wl, t, EventKind.NET_CONNECT, process=self._proc(wl), network=net)]
+            if v == 1:
                 peer = f"bench/team{(w + 1) % self.n % 40}/Deployment/svc{(w + 1) % self.n}"
                 net = Network(
                     src_ip=wl.pod_ip, src_port=40001, dst_ip="10.44.0.9", dst_port=8080, peer_workload=peer
                 )
-            else:
-                net = Network(
-                    src_ip=wl.pod_ip,
-                    src_port=40002,
-                    dst_ip=f"52.{w % 20}.{rng.randrange(256)}.7",
-                    dst_port=443,
-                )
-            return self._ev(wl, t, EventKind.NET_CONNECT, process=self._proc(wl), network=net)
+                return [self._ev(wl, t, EventKind.NET_CONNECT, process=self._proc(wl), network=net)]
+            # the partner API rotates its addresses: a lookup, then a connection to the answer
+            ip = f"52.{w % 20}.{rng.randrange(256)}.7"
+            dns = Dns(query=f"api{w % 20}.partner.example", answers=[ip])
+            net = Network(src_ip=wl.pod_ip, src_port=40002, dst_ip=ip, dst_port=443)
+            return [
+                self._ev(wl, t, EventKind.DNS_QUERY, process=self._proc(wl), dns=dns),
+                self._ev(wl, t + 1, EventKind.NET_CONNECT, process=self._proc(wl), network=net),
+            ]
         if kind == "dns":
-            if rng.random() < 0.5:
+            if v == 0:
                 dns = Dns(query=f"db.team{w % 40}.svc.cluster.local", answers=[f"10.96.{w % 200}.10"])
             else:
-                # the partner API rotates its addresses; connections follow the lookups
                 dns = Dns(
                     query=f"api{w % 20}.partner.example", answers=[f"52.{w % 20}.{rng.randrange(256)}.7"]
                 )
-            return self._ev(wl, t, EventKind.DNS_QUERY, process=self._proc(wl), dns=dns)
+            return [self._ev(wl, t, EventKind.DNS_QUERY, process=self._proc(wl), dns=dns)]
         if kind == "accept":
             net = Network(
                 src_ip=wl.pod_ip, src_port=8080, dst_ip="10.44.1.1", dst_port=50000, direction="ingress"
             )
-            return self._ev(wl, t, EventKind.NET_ACCEPT, process=self._proc(wl), network=net)
+            return [self._ev(wl, t, EventKind.NET_ACCEPT, process=self._proc(wl), network=net)]
         if kind == "priv":
-            return self._ev(
-                wl,
-                t,
-                EventKind.PRIVILEGE_CHANGE,
-                process=self._proc(wl),
-                privilege=Privilege(op="setuid", old_uid=0, new_uid=101),
-            )
+            priv = Privilege(op="setuid", old_uid=0, new_uid=101)
+            return [self._ev(wl, t, EventKind.PRIVILEGE_CHANGE, process=self._proc(wl), privilege=priv)]
         proc = self._proc(wl)
         proc.exit_code = 0
-        return self._ev(wl, t, EventKind.PROCESS_EXIT, process=proc)
+        return [self._ev(wl, t, EventKind.PROCESS_EXIT, process=proc)]
 
     def learning(self) -> list[Event]:
-        """Every workload starts its first replica under observation and shows all it does."""
+        """Every workload starts its first replica under observation and shows all it does,
+        each behaviour in each replica."""
         out: list[Event] = []
-        kinds = (
-            ["read"] * 13
-            + ["write", "write", "connect", "connect", "connect", "dns", "dns", "accept", "priv"]
-            + ["exec"] * 6
-        )
         for w, replicas in enumerate(self.pods):
             t = T0 + w * 100_000_000 % (int(LEARNING_WINDOW_S / 2) * SEC)
             first = replicas[0]
+            start = self._proc(first, "/usr/local/bin/svc", ["svc", "--port", "8080", "--workers", "4"])
+            out.append(self._ev(first, t, EventKind.PROCESS_EXEC, process=start))
+            listen = Network(src_ip="0.0.0.0", src_port=8080, direction="listen")
             out.append(
-                self._ev(
-                    first,
-                    t,
-                    EventKind.PROCESS_EXEC,
-                    process=self._proc(
-                        first, "/usr/local/bin/svc", ["svc", "--port", "8080", "--workers", "4"]
-                    ),
-                )
+                self._ev(first, t + 1, EventKind.NET_LISTEN, process=self._proc(first), network=listen)
             )
-            out.append(
-                self._ev(
-                    first,
-                    t + 1,
-                    EventKind.NET_LISTEN,
-                    process=self._proc(first),
-                    network=Network(src_ip="0.0.0.0", src_port=8080, direction="listen"),
-                )
-            )
-            for i, kind in enumerate(kinds * 2):
-                out.append(self.behaviour(w, replicas[i % 3], t + 2 + i, kind))
-            # all read paths, so the measured phase never meets one for the first time
-            for k in range(8):
-                out.append(
-                    self._ev(
-                        first,
-                        t + 100 + k,
-                        EventKind.FILE_OPEN,
-                        process=self._proc(first),
-                        file=File(path=f"/app/static/chunk{k}.js"),
-                    )
-                )
-            for path in (
-                "/etc/svc/config.yaml",
-                "/etc/ssl/certs/ca-certificates.crt",
-                "/etc/resolv.conf",
-                "/usr/lib/python3.11/json/__init__.py",
-                "/proc/1/status",
-            ):
-                out.append(
-                    self._ev(
-                        first, t + 110, EventKind.FILE_OPEN, process=self._proc(first), file=File(path=path)
-                    )
-                )
-            for r in (0, 1, 2, 3):
-                out.append(self.behaviour(w, first, t + 120 + r, "exec"))
+            i = 2
+            for wl in replicas:
+                for kind, variants in self.VARIANTS.items():
+                    for v in range(variants):
+                        out.extend(self.behaviour(w, wl, t + i, kind, v))
+                        i += 2
         return out
 
     _MIX = (
@@ -268,13 +221,15 @@ class Fleet:
     )
 
     def routine(self, n: int, start: int) -> list[Event]:
-        """``n`` post-learning events with normal variation, across the fleet."""
-        out = []
-        for j in range(n):
+        """About ``n`` post-learning events with normal variation, across the fleet."""
+        out: list[Event] = []
+        j = 0
+        while len(out) < n:
             w = self.rng.randrange(self.n)
             wl = self.pods[w][self.rng.randrange(3)]
-            out.append(self.behaviour(w, wl, start + j * 1_000_000, self.rng.choice(self._MIX)))
-        return out
+            out.extend(self.behaviour(w, wl, start + j * 1_000_000, self.rng.choice(self._MIX)))
+            j += 2
+        return out[:n]
 
     def marker(self, i: int, t: int) -> Event:
         """A program the workload never ran: one new alert, so one new incident revision."""

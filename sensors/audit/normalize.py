@@ -57,8 +57,12 @@ def _str_list(value: Any, where: str) -> list[str]:
         return []
     if not isinstance(value, list):
         raise AuditFormatError(f"{where}: expected a list of strings, got {type(value).__name__}")
-    if len(value) <= 16 and all(type(v) is str and len(v) <= _MAX_SHORT for v in value):
-        return value
+    if len(value) <= 16:
+        for v in value:
+            if type(v) is not str or len(v) > _MAX_SHORT:
+                break
+        else:
+            return value  # the common case: a few short strings, kept as they are
     return [_short(v) for v in value[:_MAX_LIST]]
 
 
@@ -102,6 +106,11 @@ def parse_time_ns(value: Any, where: str = "$.stageTimestamp") -> int:
         if len(_SECONDS_CACHE) > 4096:  # bounded: a stream's timestamps share few distinct seconds
             _SECONDS_CACHE.clear()
         _SECONDS_CACHE[head] = seconds
+    # fast path: "...:SS.ffffffZ" (what the API server writes)
+    if seconds >= 0 and len(value) > 21 and value[19] == "." and value[-1] == "Z":
+        digits = value[20:-1]
+        if digits.isdigit():
+            return seconds * 1_000_000_000 + int((digits + "00000000")[:9])
     pos = 19
     frac_ns = 0
     if pos < len(value) and value[pos] == ".":

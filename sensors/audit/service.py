@@ -143,7 +143,6 @@ async def run_audit_sensor(settings: Settings, opts: AuditRunOptions, stop: asyn
     """Run until ``stop`` is set (or ``opts.duration_s`` passes)."""
     if not opts.webhook and not opts.files:
         raise AuditError("nothing to run: enable the webhook or give --file")
-    tune_gc()
     cache, watcher = _pod_cache(settings, opts)
     tasks: list[asyncio.Task[None]] = []
     hook: AuditWebhook | None = None
@@ -170,6 +169,7 @@ async def run_audit_sensor(settings: Settings, opts: AuditRunOptions, stop: asyn
                 start_at_end=opts.start_at_end,
             )
             tasks.append(asyncio.create_task(tailer.run(stop)))
+        tune_gc()  # once everything is up (a configuration error leaves the caller's process as it was)
         if opts.duration_s is not None:
             try:
                 await asyncio.wait_for(stop.wait(), opts.duration_s)

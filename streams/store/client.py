@@ -135,9 +135,8 @@ def open_client(
 ) -> Client:
     """A clickhouse-connect client for ``dsn``.
 
-    ``readonly=True`` makes the *connection* read-only at the server: ``readonly=1`` on the chdb handle (no
-    writes, no DDL, no setting changes), ``readonly=2`` over HTTP (no writes or DDL; the client may still
-    pass harmless settings such as its own compression flags, but never lower ``readonly``).
+    ``readonly=True`` makes the *connection* read-only at the server: ``readonly=1`` on the chdb handle, and
+    with every HTTP request (no writes, no DDL, no table functions, no setting changes in the query).
     """
     target = parse_dsn(dsn)
     merged: dict[str, Any] = dict(settings or {})
@@ -173,22 +172,20 @@ def open_client(
 
 
 def _make_readonly(client: Client) -> None:
-    """Ask the server for ``readonly = 2`` on every request of ``client`` and check that it is in force.
+    """Send ``readonly = 1`` with every request of ``client`` and check that the server applies it.
 
-    A server (or cadr's own query endpoint) that already enforces read-only for this user reports the setting
-    as not changeable; then nothing needs sending. ``readonly = 2`` rather than 1 lets clickhouse-connect keep
-    sending its own harmless per-request settings; ClickHouse refuses lowering ``readonly`` in either mode.
+    ``readonly = 1`` (not 2): with 2, ClickHouse still runs table functions, and ``INSERT INTO FUNCTION
+    file(...)`` and ``SELECT ... FROM file('/etc/passwd')`` go through. A server (or cadr's own query endpoint)
+    that already enforces read-only for this user reports the setting as not changeable; then nothing is sent.
     """
     current = int(client.query("SELECT toUInt8(getSetting('readonly'))").result_rows[0][0])
-    if current == 0:
+    if current != 1:
         for key, value in READONLY_LIMITS.items():
             client.set_client_setting(key, value)
-        client.set_client_setting("readonly", 2)
+        client.set_client_setting("readonly", 1)
         current = int(client.query("SELECT toUInt8(getSetting('readonly'))").result_rows[0][0])
-    if current == 0:
-        raise QueryError(
-            "the server did not accept readonly mode for this connection; refusing to run queries"
-        )
+    if current != 1:
+        raise QueryError("the server did not apply readonly = 1 to this connection; refusing to run queries")
 
 
 @contextlib.contextmanager

@@ -357,7 +357,9 @@ class QueryEndpoint:
             database = params.get("database")
             if database:
                 conn.query(f"USE {_identifier(database)}")
-            for key, value in settings.items():
+            # Like a server, apply the request's settings together: readonly last, so that a client asking
+            # for readonly = 1 can still send its other settings in the same request.
+            for key, value in sorted(settings.items(), key=lambda kv: kv[0] == "readonly"):
                 if not _SETTING_RE.match(key):
                     raise _RequestError(115, f"Unknown setting {key!r}")
                 conn.query(f"SET {key} = {_quote(value)}")

@@ -47,7 +47,8 @@ LEFT_TO_READONLY = (
     "CreateUserQuery",
     "RenameQuery",
     "OptimizeQuery",
-    "SetQuery",
+    "Rename",
+    "TruncateQuery",
     "DeleteQuery",
     "UpdateQuery",
     "UndropQuery",
@@ -82,7 +83,7 @@ def check_statement(
         raise QueryError(_first_line(exc)) from exc
     lines = tree.splitlines()
     root = lines[0].strip().split(" ", 1)[0] if lines else ""
-    if not any(root.startswith(name) for name in ALLOWED_STATEMENTS + LEFT_TO_READONLY):
+    if root not in LEFT_TO_READONLY and not any(root.startswith(name) for name in ALLOWED_STATEMENTS):
         raise QueryError(f"read-only session: {root or 'this statement'} is not a read query (refused)")
     # INTO OUTFILE is a Literal directly under the query root; nothing else puts a bare literal there.
     if root.startswith("Select") and any(line.startswith(" Literal") for line in lines[1:]):

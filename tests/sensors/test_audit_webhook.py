@@ -262,3 +262,13 @@ async def test_health_endpoint_reports_counters(hook: Hook, tls: TlsFiles) -> No
     ):
         assert resp.status == 200
         assert (await resp.json())["events"] == 1
+
+
+async def test_no_kafka_reachable_at_all_is_503(tls: TlsFiles) -> None:
+    from cadr.kafka_local import find_free_port
+    from sensors.audit.sink import KafkaSink
+
+    sink = KafkaSink(f"127.0.0.1:{find_free_port()}", "x.raw", "x.dlq", timeout_s=2)
+    async with running_webhook(audit_settings(tls), sink) as h:  # starts although Kafka is away
+        status, body = await _post(h, tls, event_list([_event("nk-1")]))
+    assert status == 503 and "cannot connect to Kafka" in body["reason"]

@@ -576,3 +576,14 @@ def test_cli_publishes_to_kafka_keyed_by_workload(
     assert rc == 0, proc.stderr.read().decode() if proc.stderr else ""
     [(key, ev)] = got
     assert key == b"local/shop/Deployment/k" and ev.workload.container_id == ctr.container_id
+
+
+def test_metrics_expose_drops_per_cpu(live_sensor) -> None:  # type: ignore[no-untyped-def]
+    from sensors.ebpf.metrics import render
+
+    text = render(live_sensor.sensor.counters())
+    ncpu = len(live_sensor.sensor.probe.stats())
+    for cpu in range(ncpu):
+        assert f'cadr_sensor_kernel_drops_total{{cpu="{cpu}"}} ' in text
+        assert f'cadr_sensor_user_drops_total{{cpu="{cpu}"}} ' in text
+    assert "# TYPE cadr_sensor_kernel_events_total counter" in text

@@ -1,0 +1,285 @@
+"""Forensics benchmark: ingest N synthetic events from Kafka into the embedded store, then time every named
+query.
+
+    .venv/bin/python bench/forensics.py                  # 10M events (the goal: >= 200k ev/s per sink worker,
+                                                         # every named query p50 < 100 ms)
+    .venv/bin/python bench/forensics.py --events 1000000 # scaled down
+
+Steps: generate a synthetic cluster (namespaces × workloads × replicas, process trees, opens, connections, DNS,
+Kubernetes API calls, one attack story) and publish it to a topic; run the store service — the same code as
+`cadr worker`'s store stage, one sink worker — until every event is stored; then run each named query
+``--runs`` times with parameters that hit the attack story and print p50/p90.
+
+Baselines measured in the same run (the printed ratios): ingest against a bare aiokafka consumer reading the
+same topic (no decode, no insert: the Kafka ceiling for one process), and each query against ``SELECT count()``
+over the events table (the floor of one round trip through the engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
+
+from cadr.config import Settings  # noqa: E402
+from cadr.topics import ensure_topics  # noqa: E402
+from streams.forensics.named import bind_params, load_named_queries  # noqa: E402
+from streams.forensics.reader import open_reader  # noqa: E402
+from streams.forensics.synth import ATTACK, ClusterModel, generate  # noqa: E402
+from streams.store.service import StoreService  # noqa: E402
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+async def publish(bootstrap: str, topic: str, n: int, partitions: int, model: ClusterModel) -> float:
+    """Publish ``n`` synthetic events keyed by workload; returns seconds. Uses producer batches (one future per
+    ~1 MiB batch, not per message) so that publishing is not what the benchmark measures."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, compression_type="lz4", max_batch_size=1 << 20, linger_ms=50
+    )
+    await producer.start()
+    started = time.monotonic()
+    batches: dict[int, Any] = {}
+    pending: list[Any] = []
+    partition_of: dict[bytes, int] = {}
+    try:
+        for i, (key, value) in enumerate(generate(n, model)):
+            p = partition_of.get(key)
+            if p is None:
+                p = partition_of[key] = len(partition_of) % partitions
+            batch = batches.get(p)
+            if batch is None:
+                batch = batches[p] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                pending.append(await producer.send_batch(batch, topic, partition=p))
+                batch = batches[p] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+            if len(pending) > 64:
+                await asyncio.gather(*pending)
+                pending.clear()
+            if i and i % 1_000_000 == 0:
+                _say(f"  published {i:,} ({i / (time.monotonic() - started):,.0f}/s)")
+        for p, batch in batches.items():
+            if batch.record_count():
+                pending.append(await producer.send_batch(batch, topic, partition=p))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.monotonic() - started
+
+
+async def consume_only(bootstrap: str, topic: str, n: int) -> float:
+    """Baseline: read ``n`` messages with a bare consumer (no decode, no insert); returns events/s."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=64 << 20,
+    )
+    await consumer.start()
+    seen = 0
+    started = time.monotonic()
+    try:
+        while seen < n:
+            got = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+            seen += sum(len(v) for v in got.values())
+    finally:
+        await consumer.stop()
+    return seen / (time.monotonic() - started)
+
+
+async def ingest(settings: Settings, n: int) -> tuple[float, StoreService]:
+    """Run the store service until ``n`` events are stored; returns (seconds from first to last, service)."""
+    service = StoreService(settings, topics=["events"], serve_queries=False)
+    await service.start()
+    started = None
+    last_report = time.monotonic()
+    try:
+        while service.stats.inserted + service.stats.duplicates < n:
+            await asyncio.sleep(0.05)
+            if started is None and service.stats.inserted:
+                started = time.monotonic() - 0.05
+            if time.monotonic() - last_report > 10 and started is not None:
+                last_report = time.monotonic()
+                done = service.stats.inserted
+                _say(f"  stored {done:,} ({done / (time.monotonic() - started):,.0f}/s)")
+        elapsed = time.monotonic() - (started or time.monotonic())
+    finally:
+        await service.stop()
+    return elapsed, service
+
+
+def query_args(reader: Any) -> dict[str, dict[str, str]]:
+    """Parameters for each named query that hit the synthetic attack story."""
+    ((pod,),) = reader.rows(
+        "SELECT pod FROM cadr.events WHERE event_id = 'attack-2'",
+    )
+    all_time = {"since": "1970-01-01", "until": "2100-01-01"}
+    return {
+        "process_tree": {"incident": "bench-incident"},
+        "pod_activity": {"namespace": ATTACK.namespace, "pod": str(pod), **all_time},
+        "exec_sessions": dict(all_time),
+        "service_account_calls": {
+            "namespace": ATTACK.namespace,
+            "service_account": f"{ATTACK.workload}-sa",
+            **all_time,
+        },
+        "connections_to": {"target": ATTACK.c2_domain, **all_time},
+        "first_seen_executables": {"namespace": ATTACK.namespace, "workload": ATTACK.workload},
+        "incident_window": {"incident": "bench-incident", "minutes": "5"},
+    }
+
+
+def add_incident(settings: Settings) -> None:
+    """One incident row for the incident-scoped queries (the correlator is not part of this benchmark)."""
+    from schemas.codec import encode
+    from schemas.records import Incident, Severity, TimelineEntry, Workload
+    from streams.store.sink import StoreWriter
+
+    with open_reader(settings) as reader:
+        times = dict(reader.rows("SELECT event_id, toUnixTimestamp64Nano(time) FROM cadr.events WHERE event_id LIKE 'attack-%'"))
+    incident = Incident(
+        incident_id="bench-incident",
+        severity=Severity.HIGH,
+        title="interactive shell in shop-api",
+        summary="bench",
+        first_seen=int(times["attack-1"]),
+        last_seen=int(times["attack-8"]),
+        workloads=[Workload(namespace=ATTACK.namespace, workload_name=ATTACK.workload)],
+        timeline=[
+            TimelineEntry(time=int(times["attack-2"]), event_id="attack-2", kind="process_exec", text="bash", node_id=ATTACK.shell_exec_id)
+        ],
+    )
+    with StoreWriter(settings.store_dsn) as writer:
+        writer.write_records("incidents", [encode(incident)])
+
+
+def time_queries(settings: Settings, runs: int) -> list[tuple[str, float, float, int]]:
+    queries = load_named_queries()
+    out: list[tuple[str, float, float, int]] = []
+    with open_reader(settings) as reader:
+        args = query_args(reader)
+
+        def timed(sql: str, params: dict[str, Any]) -> tuple[float, float, int]:
+            times = []
+            rows = 0
+            reader.raw(sql, params)  # warm (marks, caches) like a second hunt in a session
+            for _ in range(runs):
+                t = time.perf_counter()
+                data = reader.raw(sql, params)
+                times.append((time.perf_counter() - t) * 1000)
+                rows = data.count(b"\n")
+            times.sort()
+            return statistics.median(times), times[int(0.9 * (len(times) - 1))], rows
+
+        p50, p90, _ = timed("SELECT count() FROM cadr.events", {})
+        out.append(("baseline: SELECT count()", p50, p90, 1))
+        for name, query in queries.items():
+            params = bind_params(query, args[name], database=settings.store.database)
+            p50, p90, rows = timed(query.sql, params)
+            out.append((name, p50, p90, rows))
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="cadr-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    kafka = None
+    bootstrap = args.kafka
+    if not bootstrap:
+        from cadr.kafka_local import LocalKafka
+
+        kafka = LocalKafka(work / "kafka")
+        kafka.start()
+        bootstrap = kafka.bootstrap
+    prefix = f"bench{os.getpid()}."
+    settings = Settings()
+    settings.data_dir = str(work / "cadr")
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    settings.kafka.bootstrap = bootstrap
+    settings.kafka.topic_prefix = prefix
+    settings.kafka.partitions = args.partitions
+    settings.worker.app_id = f"bench{os.getpid()}"
+    settings.store.batch_size = args.batch_size
+    settings.store.flush_interval_s = 1.0
+    n = args.events
+    model = ClusterModel(namespaces=args.namespaces, workloads_per_namespace=args.workloads)
+    try:
+        await ensure_topics(bootstrap, prefix, partitions=args.partitions)
+        topic = settings.topic("events")
+        _say(f"cadr forensics bench: {n:,} events, {args.partitions} partitions, batch {args.batch_size:,}, in {work}")
+        seconds = await publish(bootstrap, topic, n, args.partitions, model)
+        _say(f"published {n:,} events in {seconds:.1f}s ({n / seconds:,.0f}/s)")
+        baseline_n = min(n, args.baseline_events)
+        base_rate = await consume_only(bootstrap, topic, baseline_n)
+        _say(f"baseline: bare aiokafka consume {base_rate:,.0f} ev/s ({baseline_n:,} events, no decode, no insert)")
+        elapsed, service = await ingest(settings, n)
+        stats = service.stats
+        rate = stats.inserted / elapsed
+        _say(
+            f"ingest: {stats.inserted:,} events in {elapsed:.1f}s = {rate:,.0f} ev/s per sink worker "
+            f"({rate / base_rate:.2f}x bare consume; {stats.batches} batches, {stats.duplicates} duplicates, "
+            f"{stats.rejected} rejected)  goal >= 200,000 ev/s: {'MET' if rate >= 200_000 else 'NOT MET'}"
+        )
+        add_incident(settings)
+        with open_reader(settings) as reader:
+            ((parts, rows),) = reader.rows(
+                "SELECT count(), sum(rows) FROM system.parts WHERE database = 'cadr' AND table = 'events' AND active"
+            )
+        _say(f"queries on {int(rows):,} events ({parts} active parts), {args.runs} runs each:")
+        results = time_queries(settings, args.runs)
+        floor = results[0][1]
+        worst = 0.0
+        for name, p50, p90, nrows in results:
+            ratio = "" if name.startswith("baseline") else f"  {p50 / floor:5.1f}x baseline"
+            _say(f"  {name:<26} p50 {p50:8.1f} ms   p90 {p90:8.1f} ms   rows {nrows:>6}{ratio}")
+            if not name.startswith("baseline"):
+                worst = max(worst, p50)
+        _say(f"slowest named query p50 {worst:.1f} ms  goal < 100 ms: {'MET' if worst < 100 else 'NOT MET'}")
+    finally:
+        if kafka is not None:
+            kafka.stop()
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=10_000_000, help="events to generate (default: 10,000,000)")
+    parser.add_argument("--partitions", type=int, default=4, help="partitions of the events topic (default: 4)")
+    parser.add_argument("--batch-size", type=int, default=100_000, help="sink batch size (default: 100,000)")
+    parser.add_argument("--namespaces", type=int, default=20, help="namespaces in the cluster (default: 20)")
+    parser.add_argument("--workloads", type=int, default=10, help="workloads per namespace (default: 10)")
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per query (default: 15)")
+    parser.add_argument(
+        "--baseline-events", type=int, default=1_000_000, help="events read by the consume baseline (default: 1M)"
+    )
+    parser.add_argument("--kafka", default="", help="use this broker (default: start a local one)")
+    parser.add_argument("--workdir", default="", help="keep everything here (default: a temp dir, removed)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (default: remove it)")
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(main_async(args))
+    return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
