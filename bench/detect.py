@@ -344,6 +344,9 @@ def run_phase(args: argparse.Namespace) -> int:
                     record["complete"] = sum(1 for p in profiles if p.status.value == "complete")
                     record["alerts_measured"] = detector.counters["alerts"] - state.get("alerts_learning", 0)
                     record["counters"] = dict(detector.counters)
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(args.profile)
                 _emit(record)
                 if args.phase == "bare":
                     os._exit(0)
@@ -356,6 +359,12 @@ def run_phase(args: argparse.Namespace) -> int:
         else ["enrich", "detect", "profiles", "correlate", "bench_probe"]
     )
     cadr_app = create_app(settings, stages=stages)
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     worker = faust.Worker(
         cadr_app.app, loglevel="warning", quiet=True, redirect_stdouts=False, override_logging=False
     )
@@ -520,6 +529,7 @@ def main() -> int:
         "--marker-every", type=int, default=50, help="one alerting event per N live events (default: 50)"
     )
     ap.add_argument("--kafka", default="", help="bootstrap servers (default: start a local broker)")
+    ap.add_argument("--profile", default="", help="with --phase: write cProfile stats of the phase here")
     ap.add_argument("--phase", choices=["bare", "pipeline"], help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", help=argparse.SUPPRESS)

@@ -41,7 +41,7 @@ _WORKLOAD_KINDS = {
 class PodLookup(Protocol):
     """What the normalizer asks the pod metadata cache (``sensors.k8s``) about a target pod."""
 
-    def by_pod(self, namespace: str, name: str) -> Workload | None: ...
+    def by_pod(self, namespace: str, name: str, container: str = "") -> Workload | None: ...
 
 
 def _short(value: Any, limit: int = _MAX_SHORT) -> str:
@@ -258,15 +258,16 @@ def _target_workload(
     pods: PodLookup | None,
 ) -> Workload:
     if resource == "pods" and name:
-        known = pods.by_pod(namespace, name) if pods is not None else None
         container = request.get("container", "")
+        known = pods.by_pod(namespace, name, container) if pods is not None else None
         if known is not None:
+            # with the container's id, an exec session joins the processes the eBPF sensor sees in it
             return Workload(
                 cluster=cluster or known.cluster,
                 namespace=namespace,
                 pod=name,
                 container=container or known.container,
-                container_id=known.container_id if not container or container == known.container else "",
+                container_id=known.container_id,
                 workload_kind=known.workload_kind,
                 workload_name=known.workload_name,
                 image=known.image,

@@ -67,6 +67,8 @@ _TEMPLATE_RESOURCES = {
 
 
 def _s(value: Any) -> str:
+    if type(value) is str and len(value) <= _MAX_STR:  # the common case, first
+        return value
     if isinstance(value, str):
         return value if len(value) <= _MAX_STR else value[:_MAX_STR]
     return "" if value is None else str(value)[:_MAX_STR]
@@ -217,7 +219,7 @@ def _container(c: dict[str, Any], kind: str, pod_ctx: dict[str, Any]) -> dict[st
 def _pod_spec(pod: dict[str, Any], out: dict[str, Any]) -> None:
     spec = _d(pod.get("spec"))
     pod_ctx = _d(spec.get("securityContext"))
-    containers = []
+    containers: list[dict[str, Any]] = []
     for key, kind in (
         ("containers", "container"),
         ("initContainers", "init"),

@@ -345,7 +345,9 @@ class AuditLogTailer:
             for item in items:
                 try:
                     ev = normalize(item, cluster=self.cluster, node=self.node, pods=self.pods)
-                except AuditFormatError as exc:
+                except Exception as exc:  # AuditFormatError, or a bug: one line must not stop the file
+                    if not isinstance(exc, AuditFormatError):
+                        log.exception("normalizing an audit event failed")
                     dead.append((b"", encode(dead_letter(STAGE, f"{f.path}: {exc}", item))))
                     continue
                 assert ev.audit is not None

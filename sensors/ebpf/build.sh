@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Build the cadr BPF object from source against the running kernel's BTF.
+# Build the cadr BPF object from source against the running kernel's BTF, and the sensor's
+# native ring-buffer consumer.
 #
 #   sensors/ebpf/build.sh [--force] [--out DIR]
 #
 # Steps (each skipped when its output is newer than its inputs, so reruns are cheap):
-#   1. DIR/vmlinux.h   <- bpftool btf dump file $CADR_BTF (default /sys/kernel/btf/vmlinux)
-#   2. DIR/cadr.bpf.o  <- clang -target bpf, CO-RE (libbpf relocates it on the target kernel)
+#   1. DIR/libcadrring.so <- $CC -O2 -shared cadrring.c: walks the ring buffer and formats
+#      events to JSON in C (sensors/ebpf/native.py; without it the sensor uses the slower
+#      pure Python consumer). Needs a C compiler (cc, gcc or clang) and linux-libc-dev.
+#   2. DIR/vmlinux.h      <- bpftool btf dump file $CADR_BTF (default /sys/kernel/btf/vmlinux)
+#   3. DIR/cadr.bpf.o     <- clang -target bpf, CO-RE (libbpf relocates it on the target kernel)
 #
 # Needs: clang, llvm-strip (llvm), bpftool, libbpf headers (libbpf-dev), a BTF file.
 # DIR defaults to sensors/ebpf/build (git-ignored; nothing built is committed).
@@ -18,7 +22,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --force) FORCE=1; shift ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -27,6 +31,38 @@ CLANG="${CLANG:-clang}"
 BPFTOOL="${BPFTOOL:-bpftool}"
 
 die() { echo "build.sh: $*" >&2; exit 1; }
+
+stale() { # stale OUTPUT INPUT... : true when OUTPUT is missing or older than an input
+  local out="$1"; shift
+  [[ $FORCE -eq 1 || ! -s "$out" ]] && return 0
+  local f
+  for f in "$@"; do [[ "$f" -nt "$out" ]] && return 0; done
+  return 1
+}
+
+mkdir -p "$OUT"
+# One builder at a time (CI setup, tests and `cadr up` may race on a fresh tree).
+exec 9>"$OUT/.build.lock"
+flock 9
+
+# The native consumer first: it needs only a C compiler, and the sensor runs (slower)
+# without it, so a missing compiler is a warning, not a failure.
+CC_BIN=""
+for c in "${CC:-}" cc gcc "$CLANG"; do
+  if [[ -n "$c" ]] && command -v "$c" >/dev/null; then CC_BIN="$c"; break; fi
+done
+if [[ -z "$CC_BIN" ]]; then
+  echo "build.sh: no C compiler (cc, gcc or clang): the sensor will use its pure Python consumer" >&2
+elif stale "$OUT/libcadrring.so" "$HERE/cadrring.c" "$HERE/cadr.h" "$0"; then
+  if "$CC_BIN" -O2 -g -fPIC -shared -Wall -Wextra -Wno-missing-field-initializers \
+      -I "$HERE" -o "$OUT/libcadrring.so.tmp" "$HERE/cadrring.c"; then
+    mv "$OUT/libcadrring.so.tmp" "$OUT/libcadrring.so"
+    echo "build.sh: built $OUT/libcadrring.so" >&2
+  else
+    rm -f "$OUT/libcadrring.so.tmp"
+    echo "build.sh: $CC_BIN failed on cadrring.c: the sensor will use its pure Python consumer" >&2
+  fi
+fi
 
 missing=()
 command -v "$CLANG" >/dev/null || missing+=("clang (apt: clang)")
@@ -43,19 +79,6 @@ case "$(uname -m)" in
   *) die "unsupported architecture $(uname -m) (the syscall numbers in cadr.bpf.c are x86_64's)" ;;
 esac
 [[ "$ARCH" == x86 ]] || die "only x86_64 is supported for now (syscall numbers in cadr.bpf.c)"
-
-mkdir -p "$OUT"
-# One builder at a time (CI setup, tests and `cadr up` may race on a fresh tree).
-exec 9>"$OUT/.build.lock"
-flock 9
-
-stale() { # stale OUTPUT INPUT... : true when OUTPUT is missing or older than an input
-  local out="$1"; shift
-  [[ $FORCE -eq 1 || ! -s "$out" ]] && return 0
-  local f
-  for f in "$@"; do [[ "$f" -nt "$out" ]] && return 0; done
-  return 1
-}
 
 if stale "$OUT/vmlinux.h" "$BTF"; then
   "$BPFTOOL" btf dump file "$BTF" format c >"$OUT/vmlinux.h.tmp" || die "bpftool could not dump $BTF"

@@ -29,6 +29,7 @@ import orjson
 
 from schemas.records import Dns, Event, EventKind, File, Network, Privilege, Process, Workload
 from sensors.ebpf import layout
+from sensors.ebpf.batch import JsonItem
 from sensors.publisher import encode_event
 
 __all__ = ["BootClock", "DecodeStats", "Decoder", "JsonItem", "exec_id", "parse_dns_question"]
@@ -110,8 +111,6 @@ _NET_KINDS = {
 }
 # bytes that a JSON string cannot hold as they are (or that may not be UTF-8)
 _NEEDS_ESCAPE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
-#: one JSON item: (value, Kafka key, timestamp ms, cpu)
-JsonItem = tuple[bytes, bytes, int, int]
 
 
 def exec_id(node: str, pid: int, start_ns: int) -> str:
@@ -320,9 +319,20 @@ class Decoder:
     # one format. Everything else goes through Event objects. tests/sensors/test_ebpf_decode
     # checks both paths give the same event.
 
+    def workload_fragment(self, cgroup: int, cgroup_v1: int) -> tuple[bytes, bytes, float | None]:
+        """b'"workload":{..}', the Kafka key and the expiry (monotonic, or None) of the
+        workload of a record's cgroups: what the native consumer caches per cgroup pair."""
+        workload, key, expires = self.workload_of(cgroup, cgroup_v1)
+        return b'"workload":' + _ENC.encode(workload), key, expires
+
+    def count_fast(self, n: int) -> None:
+        """Count ``n`` records the native consumer turned into events."""
+        self._fast_records += n
+
     def _fragment(self, data: memoryview, off: int) -> tuple[bytes, bytes]:
         """b'"workload":{..},"process":{..' (process object left open) and the Kafka key."""
-        raw = bytes(data[off + 32 : off + 96])  # pid .. comm: everything process-specific
+        # pid .. comm: everything process-specific (the tid too: threads share the rest)
+        raw = bytes(data[off + 24 : off + 96])
         hit = self._fragments.get(raw)
         if hit is not None and (hit[2] is None or hit[2] > self._mono()):
             return hit[0], hit[1]

@@ -23,9 +23,11 @@ from schemas.codec import decode_event
 from schemas.records import Event, EventKind, SensorHealth, Workload
 from sensors.containers import WorkloadResolver
 from sensors.ebpf import layout
+from sensors.ebpf.batch import JsonBatch
 from sensors.ebpf.cgroups import Attribution, CgroupIndex
-from sensors.ebpf.decode import BootClock, Decoder, JsonItem
+from sensors.ebpf.decode import BootClock, Decoder
 from sensors.ebpf.loader import Probe, ProbeConfig
+from sensors.ebpf.native import NativeConsumer, load_library
 from sensors.publisher import Publisher, encode_event
 
 __all__ = [
@@ -49,16 +51,17 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 class Sink(Protocol):
     """Where decoded events go (Kafka publisher, JSON lines, a test list).
 
-    A sink with ``wants_json = True`` gets the hot path's pre-encoded events through
-    :meth:`send_json` as (value, key, timestamp ms, cpu); :meth:`send` gets Event objects
-    (health events, and everything for sinks that want objects).
+    A sink with ``wants_json = True`` gets each poll's events already encoded, as one
+    :class:`~sensors.ebpf.batch.JsonBatch` (JSON lines, and per event its key, timestamp
+    and cpu) through :meth:`send_batch`; :meth:`send` gets Event objects (health events,
+    and everything for sinks that want objects).
     """
 
     wants_json: bool
 
     async def send(self, batch: list[tuple[Event, bytes]]) -> None: ...
 
-    async def send_json(self, batch: list[JsonItem]) -> None: ...
+    async def send_batch(self, batch: JsonBatch) -> None: ...
 
     def counters(self) -> dict[str, int]: ...
 
@@ -76,10 +79,10 @@ class JsonLinesSink:
         self.written = 0
 
     async def send(self, batch: list[tuple[Event, bytes]]) -> None:
-        await self.send_json([(encode_event(ev), key, 0, 0) for ev, key in batch])
+        await self.send_batch(JsonBatch.from_items([(encode_event(ev), key, 0, 0) for ev, key in batch]))
 
-    async def send_json(self, batch: list[JsonItem]) -> None:
-        self._fh.write(b"\n".join([item[0] for item in batch]) + b"\n")
+    async def send_batch(self, batch: JsonBatch) -> None:
+        self._fh.write(batch.data)
         self._fh.flush()
         self.written += len(batch)
 
@@ -103,8 +106,8 @@ class PublisherSink:
     async def send(self, batch: list[tuple[Event, bytes]]) -> None:
         await self.publisher.publish_many((key, encode_event(ev), ev.time // 1_000_000) for ev, key in batch)
 
-    async def send_json(self, batch: list[JsonItem]) -> None:
-        await self.publisher.publish_many([(item[1], item[0], item[2]) for item in batch])
+    async def send_batch(self, batch: JsonBatch) -> None:
+        await self.publisher.publish_many([(item[1], item[0], item[2]) for item in batch.items()])
 
     def counters(self) -> dict[str, int]:
         return {k: v for k, v in self.publisher.counters().items() if isinstance(v, int)}
@@ -114,11 +117,13 @@ class PublisherSink:
 
 
 class CollectSink:
-    """Keeps events in memory (tests), optionally filtered."""
+    """Keeps events in memory (tests), optionally filtered.
 
-    wants_json = False
+    By default it takes the JSON the sensor ships (and decodes it with the schema, so tests
+    check the bytes a real sink gets); ``json=False`` takes the decoder's Event objects."""
 
-    def __init__(self, keep: Callable[[Event], bool] | None = None) -> None:
+    def __init__(self, keep: Callable[[Event], bool] | None = None, *, json: bool = True) -> None:
+        self.wants_json = json
         self.keep = keep
         self.events: list[Event] = []
         self.keys: list[bytes] = []
@@ -131,8 +136,8 @@ class CollectSink:
                 self.events.append(ev)
                 self.keys.append(key)
 
-    async def send_json(self, batch: list[JsonItem]) -> None:
-        await self.send([(decode_event(value), key) for value, key, _, _ in batch])
+    async def send_batch(self, batch: JsonBatch) -> None:
+        await self.send([(decode_event(value), key) for value, key, _, _ in batch.items()])
 
     def counters(self) -> dict[str, int]:
         return {"seen": self.seen, "kept": len(self.events)}
@@ -151,6 +156,9 @@ class SensorOptions:
     health_interval_s: float = 10.0
     #: most bytes decoded before yielding to the event loop
     max_batch_bytes: int = 2 << 20
+    #: read the ring with the C consumer (build/libcadrring.so) when it is built and the
+    #: sink takes JSON; else (or without it) the pure Python consumer
+    native: bool = True
 
 
 class EbpfSensor:
@@ -165,6 +173,8 @@ class EbpfSensor:
         self.index: CgroupIndex | None = None
         self.attribution: Attribution | None = None
         self.decoder: Decoder | None = None
+        self.native: NativeConsumer | None = None
+        self._more = False
         self.user_drops_per_cpu: dict[int, int] = {}
         self.started_ns = 0
         self.batches = 0
@@ -191,6 +201,16 @@ class EbpfSensor:
             generation=lambda: attribution.generation,
             on_cgroup=self._on_cgroup,
         )
+        lib = load_library() if self.options.native and self.sink.wants_json else None
+        if lib is not None:
+            self.native = NativeConsumer(
+                lib,
+                self.decoder,
+                probe.ring.data,
+                probe.ring.fd,
+                probe.ring.size,
+                generation=lambda: attribution.generation,
+            )
         self.started_ns = time.time_ns()
 
     def stop(self) -> None:
@@ -200,6 +220,9 @@ class EbpfSensor:
             _resolve(self._waiter)
 
     def close(self) -> None:
+        if self.native is not None:
+            self.native.close()
+            self.native = None
         if self.probe is not None:
             self.probe.close()
             self.probe = None
@@ -214,14 +237,20 @@ class EbpfSensor:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def drain(self, max_bytes: int | None = None) -> tuple[list[Any], int]:
-        """Decode what the kernel wrote (up to ``max_bytes``): (items, bytes consumed).
+    def drain(self, max_bytes: int | None = None) -> tuple[Any, int]:
+        """Decode what the kernel wrote (up to ``max_bytes``): (batch, bytes consumed).
 
-        Items are (Event, key) pairs, or JSON items for a sink that ``wants_json``."""
+        The batch is a :class:`JsonBatch` for a sink that ``wants_json``, else a list of
+        (Event, key) pairs."""
         assert self.probe is not None and self.decoder is not None
+        limit = max_bytes or self.options.max_batch_bytes
+        if self.native is not None:
+            batch, nbytes, self._more = self.native.drain(limit)
+            return batch, nbytes
         decode = self.decoder.decode_json if self.sink.wants_json else self.decoder.decode
-        items, _, nbytes = self.probe.ring.drain(decode, max_bytes or self.options.max_batch_bytes)
-        return items, nbytes
+        items, _, nbytes = self.probe.ring.drain(decode, limit)
+        self._more = nbytes >= limit
+        return (JsonBatch.from_items(items) if self.sink.wants_json else items), nbytes
 
     async def run(self, duration_s: float | None = None) -> None:
         """Stream events to the sink until :meth:`stop` (or ``duration_s``)."""
@@ -255,7 +284,7 @@ class EbpfSensor:
                     next_health = now + self.options.health_interval_s
                 if deadline is not None and now >= deadline:
                     break
-                if nbytes < self.options.max_batch_bytes:
+                if not self._more:
                     # idle: back off up to 5x the poll interval (a forced wake-up still
                     # cuts the sleep short); busy: poll at the base interval
                     idle = idle + 1 if nbytes == 0 else 0
@@ -292,13 +321,13 @@ class EbpfSensor:
         self.batches += 1
         try:
             if self.sink.wants_json:
-                await self.sink.send_json(batch)
+                await self.sink.send_batch(batch)
             else:
                 await self.sink.send(batch)
         except Exception:
             log.exception("sink failed; %d events dropped", len(batch))
-            for item in batch:
-                cpu = item[3] if self.sink.wants_json else int(item[0].event_id.split(":")[-3], 16)
+            cpus = batch.cpus() if self.sink.wants_json else [int(ev.event_id.split(":")[-3], 16) for ev, _ in batch]
+            for cpu in cpus:
                 self.user_drops_per_cpu[cpu] = self.user_drops_per_cpu.get(cpu, 0) + 1
 
     # -- health and metrics -------------------------------------------------------------
@@ -328,6 +357,7 @@ class EbpfSensor:
             "cgroup_scans": self.index.scans if self.index else 0,
             "ring_pending_bytes": self.probe.ring.pending(),
             "batches": self.batches,
+            "consumer": "native" if self.native is not None else "python",
             "sink": sink,
         }
 
@@ -364,6 +394,7 @@ class EbpfSensor:
                     "opens_seen": c["kernel"]["open_seen"],
                     "opens_suppressed": c["kernel"]["open_suppressed"],
                     "ring_pending_bytes": c["ring_pending_bytes"],
+                    "consumer": c["consumer"],
                     "sink": sink,
                     "started": self.started_ns,
                 },

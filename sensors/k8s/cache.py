@@ -194,8 +194,8 @@ class PodCache:
 
     def _derive(self, pod: dict[str, Any]) -> PodInfo:
         meta = _meta(pod)
-        spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
-        status = pod.get("status") if isinstance(pod.get("status"), dict) else {}
+        spec: dict[str, Any] = pod["spec"] if isinstance(pod.get("spec"), dict) else {}
+        status: dict[str, Any] = pod["status"] if isinstance(pod.get("status"), dict) else {}
         namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         images: dict[str, str] = {}
         for key in ("containers", "initContainers", "ephemeralContainers"):
@@ -214,7 +214,7 @@ class PodCache:
             ips = [str(status["podIP"])]
         chain = self._chain(namespace, pod)
         top_kind, top_name = chain[-1] if chain else ("", "")
-        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+        labels: dict[str, Any] = meta["labels"] if isinstance(meta.get("labels"), dict) else {}
         return PodInfo(
             namespace=namespace,
             name=name,
@@ -247,10 +247,11 @@ class PodCache:
             key = self._by_ip.get(ip)
             return self._info[key].workload(self.cluster) if key is not None else None
 
-    def by_pod(self, namespace: str, name: str) -> Workload | None:
+    def by_pod(self, namespace: str, name: str, container: str = "") -> Workload | None:
+        """The pod's workload; with ``container``, that container's id and image too."""
         with self._lock:
             info = self._info.get((namespace, name))
-            return info.workload(self.cluster) if info is not None else None
+            return info.workload(self.cluster, container) if info is not None else None
 
     def pod_info(self, namespace: str, name: str) -> PodInfo | None:
         with self._lock:

@@ -131,7 +131,7 @@ class PodWatcher:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                version = self._list(res)
+                version: str | None = self._list(res)
                 self._synced[res.kind].set()
                 backoff = 0.5
                 while not self._stop.is_set() and version is not None:

@@ -248,15 +248,17 @@ def test_impersonation_and_ephemeral_containers() -> None:
 
 def test_the_pod_cache_fills_the_target_workload() -> None:
     class Pods:
-        def by_pod(self, namespace: str, name: str) -> Workload | None:
+        def by_pod(self, namespace: str, name: str, container: str = "") -> Workload | None:
             return Workload(
                 namespace=namespace, pod=name, workload_kind="Deployment", workload_name="nginx-deployment",
-                image="nginx:1.25", service_account="default", pod_ip="10.1.2.3",
+                image="nginx:1.25", service_account="default", pod_ip="10.1.2.3", container=container,
+                container_id="c0ffee" if container == "nginx1" else "",
             )  # fmt: skip
 
     ev = normalize(_falco("exec_pod.json"), cluster="mk", pods=Pods())
     assert ev.workload.workload_name == "nginx-deployment" and ev.workload.pod_ip == "10.1.2.3"
     assert ev.workload.container == "nginx1" and ev.workload.cluster == "mk"
+    assert ev.workload.container_id == "c0ffee"
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -327,3 +329,22 @@ def test_a_json_lines_file_yields_every_line() -> None:
     assert [no for no, _ in items] == [1, 2, 3, 4, 5, 6]
     bad = list(iter_audit_events(b'{"kind":"Event"}\nnot json\n'))
     assert isinstance(bad[1][1], AuditFormatError) and str(bad[1][1]).startswith("line 2")
+
+
+def test_the_webhook_fast_path_gives_exactly_what_normalize_gives() -> None:
+    from sensors.audit.fastpath import decode_event_list, normalize_typed
+
+    raws = []
+    for path in sorted(FALCO.glob("*.json")):
+        for line in path.read_bytes().splitlines():
+            doc = orjson.loads(line) if line.strip() else None
+            if isinstance(doc, dict) and doc.get("kind") == "Event":
+                raws.append(doc)
+    for _, _, doc in _elastic_lines():
+        raws.extend(unwrap(doc))
+    assert len(raws) == 51 + 6
+    body = orjson.dumps({"kind": "EventList", "items": raws})
+    typed = decode_event_list(body)
+    assert typed is not None
+    for raw, item in zip(raws, typed, strict=True):
+        assert normalize_typed(item, cluster="c", node="n") == normalize(raw, cluster="c", node="n")

@@ -59,6 +59,11 @@ def test_each_container_of_a_pod_is_known_by_its_id() -> None:
     )
 
 
+def test_by_pod_with_a_container_names_its_id() -> None:
+    w = _cache().by_pod("shop", "db-0", "exporter")
+    assert w is not None and w.container_id == "3d" * 32 and w.image.startswith("prometheuscommunity/")
+
+
 def test_a_bare_pod_is_its_own_workload() -> None:
     w = _cache().by_pod("default", "debug")
     assert w is not None and (w.workload_kind, w.workload_name) == ("Pod", "debug")
