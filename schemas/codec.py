@@ -28,8 +28,11 @@ __all__ = [
     "decode_alert",
     "decode_event",
     "decode_incident",
+    "decode_events",
     "decode_profile",
     "encode",
+    "encode_batch",
+    "split_batch",
     "to_dict",
 ]
 
@@ -158,3 +161,41 @@ def dead_letter(
         payload_b64=b64,
         payload_bytes=len(payload),
     )
+
+
+# -- event batches -------------------------------------------------------------------------------
+# On cadr.raw and cadr.events one Kafka record carries either one event (a JSON object) or a
+# batch of events of one workload (a JSON array of event objects, in order). Stream frameworks
+# pay a fixed cost per Kafka record (Faust ~90 µs here), so batching the hot path is what makes
+# tens of thousands of events per second possible; a single object stays valid for simple
+# producers.
+
+_RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def encode_batch(events: list[Event]) -> bytes:
+    """One Kafka record value for several events (of one workload, in order)."""
+    return b"[" + b",".join(encode(e) for e in events) + b"]"
+
+
+def split_batch(data: bytes, *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> list[bytes]:
+    """The event payloads inside one record value (a JSON object, or an array of them).
+
+    A malformed array raises :class:`RecordError`; elements are returned as raw bytes so each
+    is validated (and dead-lettered) on its own."""
+    stripped = data.lstrip()
+    if not stripped.startswith(b"["):
+        return [data]
+    try:
+        return [bytes(raw) for raw in _RAW_LIST.decode(data)]
+    except msgspec.ValidationError as exc:
+        raise RecordError(f"invalid event batch: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise RecordError(f"invalid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"invalid JSON: not valid UTF-8 at byte {exc.start}") from exc
+
+
+def decode_events(data: bytes, *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> list[Event]:
+    """Every event of one record value; raises :class:`RecordError` on the first bad one."""
+    return [decode_event(p, max_bytes=max_bytes) for p in split_batch(data, max_bytes=max_bytes)]

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from schemas.records import SCHEMA_VERSION, Alert, DeadLetter, Event, Incident, Profile
+from schemas.records import SCHEMA_VERSION, Alert, DeadLetter, Event, Incident, Profile, ProfileEdit
 
 __all__ = ["RECORDS", "SCHEMA_DIR", "generate", "render", "stale", "write_all"]
 
@@ -24,6 +24,7 @@ RECORDS: dict[str, type[msgspec.Struct]] = {
     "incident": Incident,
     "profile": Profile,
     "dead_letter": DeadLetter,
+    "profile_edit": ProfileEdit,
 }
 
 

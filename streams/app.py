@@ -19,7 +19,7 @@ from cadr.config import Settings
 __all__ = ["STAGES", "CadrApp", "create_app"]
 
 #: stage modules in data-path order; each has ``register(CadrApp)``
-STAGES = ["enrich", "detect", "correlate", "store"]
+STAGES = ["enrich", "detect", "profiles", "correlate", "store"]
 
 
 @dataclass
@@ -72,7 +72,7 @@ def create_app(settings: Settings, stages: list[str] | None = None, **overrides:
         "broker_commit_every": 10_000,
         "broker_commit_interval": 1.0,
         "producer_compression_type": settings.kafka.compression or None,
-        "producer_linger_ms": 5,
+        "producer_linger": 0.05,
         "producer_max_batch_size": 1 << 20,
         "stream_buffer_maxsize": 16_384,
         "stream_wait_empty": False,

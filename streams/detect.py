@@ -219,22 +219,16 @@ def scan_events(
 
 def register(cadr_app: object) -> None:
     """Add the detect agent: events → alerts, with profiles in a Faust table."""
-    from schemas.codec import decode_event, decode_profile, encode
+    from schemas.codec import decode_events, encode
     from schemas.errors import RecordError
     from streams.app import CadrApp
-    from streams.tables import RecordTable
+    from streams.profiles import profile_table
 
     assert isinstance(cadr_app, CadrApp)
     settings = cadr_app.settings
     app = cadr_app.app
-    table = app.Table(
-        "cadr-profiles",
-        key_type=bytes,
-        value_type=bytes,  # bytes -> the "raw" codec, also when recovering
-        partitions=settings.kafka.partitions,
-        use_partitioner=True,
-    )
-    profiles = RecordTable(table, decode_profile)
+    # profiles live on the partition of their workload's events (see streams.profiles)
+    profiles = profile_table(cadr_app)
     detector = build_detector(settings.detect, profiles)
     cadr_app.stages["detect"] = detector
     alerts_topic = cadr_app.topic("alerts")
@@ -245,15 +239,20 @@ def register(cadr_app: object) -> None:
     @app.agent(cadr_app.topic("events"), name="cadr.detect")
     async def detect(stream):  # type: ignore[no-untyped-def]
         async for values in stream.take(batch, within=within):
+            futures = []
             for value in values:
                 try:
-                    event = decode_event(value)
+                    events = decode_events(value)
                 except RecordError:
                     # enrich already validated it; a bad record here is a bug upstream
                     log.exception("undecodable record on %s", settings.topic("events"))
                     continue
-                for alert in detector.process(event):
-                    # alerts of one cluster share a partition: stories cross workloads
-                    await alerts_topic.send(key=alert.workload.cluster.encode() or b"-", value=encode(alert))
+                for event in events:
+                    for alert in detector.process(event):
+                        # alerts of one cluster share a partition: stories cross workloads
+                        key = alert.workload.cluster.encode() or b"-"
+                        futures.append(await alerts_topic.send(key=key, value=encode(alert)))
             for key, profile in detector.baselines.take_changed().items():
-                await profiles_topic.send(key=key.encode(), value=encode(profile))
+                futures.append(await profiles_topic.send(key=key.encode(), value=encode(profile)))
+            for fut in futures:
+                await fut

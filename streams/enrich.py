@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from schemas.codec import dead_letter, decode_event, encode
+from schemas.codec import dead_letter, decode_event, encode, split_batch
 from schemas.errors import RecordError
 from schemas.records import Event, Workload
 
@@ -30,9 +30,15 @@ class WorkloadLookup(Protocol):
     def resolve(self, container_id: str) -> Workload | None: ...
 
 
+#: events per output record: large enough to amortize the per-record cost of Kafka and Faust,
+#: small enough to keep one record far below the topic's message size limit
+OUTPUT_BATCH_EVENTS = 500
+
+
 @dataclass
 class EnrichResult:
-    """One batch's output: (key, value) pairs for cadr.events and for cadr.dlq."""
+    """One batch's output: (key, value) pairs for cadr.events and for cadr.dlq. Event values
+    are batches (JSON arrays) of one workload's events, in order."""
 
     events: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -101,34 +107,48 @@ class Enricher:
         values: Sequence[bytes],
         sources: Sequence[tuple[str, int | None, int | None]] | None = None,
     ) -> EnrichResult:
-        """Enrich a batch. ``sources`` gives (topic, partition, offset) per value for DLQ records."""
+        """Enrich a batch. ``sources`` gives (topic, partition, offset) per value for DLQ records.
+
+        A value is one event or an array of events; each event is validated on its own, so
+        one bad element is dead-lettered (with its index) and its siblings go on."""
         out = EnrichResult()
         now = time.time_ns()
+        grouped: dict[bytes, list[bytes]] = {}
         for i, value in enumerate(values):
-            self.counters["in"] += 1
+            src = _Source(*sources[i]) if sources is not None else _Source()
             try:
                 if value is None:
                     raise RecordError("empty record (null value)")
-                event = decode_event(value, max_bytes=self.max_record_bytes)
+                payloads = split_batch(value, max_bytes=self.max_record_bytes)
             except RecordError as exc:
-                src = _Source(*sources[i]) if sources is not None else _Source()
-                letter = dead_letter(
-                    bytes(value or b""),
-                    stage="enrich",
-                    reason=str(exc),
-                    time_ns=now,
-                    topic=src.topic,
-                    partition=src.partition,
-                    offset=src.offset,
-                )
-                out.dead.append((b"enrich", encode(letter)))
-                self.counters["dead"] += 1
+                self.counters["in"] += 1
+                self._dead(out, bytes(value or b""), str(exc), now, src)
                 continue
-            self.enrich_one(event)
-            out.decoded.append(event)
-            out.events.append((event.workload.key().encode(), encode(event)))
-            self.counters["out"] += 1
+            many = len(payloads) > 1 or payloads[0] is not value
+            for j, payload in enumerate(payloads):
+                self.counters["in"] += 1
+                try:
+                    event = decode_event(payload, max_bytes=self.max_record_bytes)
+                except RecordError as exc:
+                    reason = f"element {j} of the batch: {exc}" if many else str(exc)
+                    self._dead(out, payload, reason, now, src)
+                    continue
+                self.enrich_one(event)
+                out.decoded.append(event)
+                grouped.setdefault(event.workload.key().encode(), []).append(encode(event))
+                self.counters["out"] += 1
+        for key, encoded in grouped.items():
+            for start in range(0, len(encoded), OUTPUT_BATCH_EVENTS):
+                chunk = encoded[start : start + OUTPUT_BATCH_EVENTS]
+                out.events.append((key, b"[" + b",".join(chunk) + b"]"))
         return out
+
+    def _dead(self, out: EnrichResult, payload: bytes, reason: str, now: int, src: _Source) -> None:
+        letter = dead_letter(
+            payload, stage="enrich", reason=reason, time_ns=now, topic=src.topic, partition=src.partition, offset=src.offset
+        )
+        out.dead.append((b"enrich", encode(letter)))
+        self.counters["dead"] += 1
 
 
 def register(cadr_app: object) -> None:
@@ -150,7 +170,9 @@ def register(cadr_app: object) -> None:
             values = [ev.message.value for ev in batch_events]
             sources = [(ev.message.topic, ev.message.partition, ev.message.offset) for ev in batch_events]
             result = enricher.process(values, sources)
-            for key, value in result.events:
-                await events_topic.send(key=key, value=value)
-            for key, value in result.dead:
-                await dlq_topic.send(key=key, value=value)
+            # the producer's futures are awaited together: the batch is acked (and its
+            # offsets committed) only after every output record was accepted by the broker
+            futures = [await events_topic.send(key=key, value=value) for key, value in result.events]
+            futures += [await dlq_topic.send(key=key, value=value) for key, value in result.dead]
+            for fut in futures:
+                await fut

@@ -86,7 +86,7 @@ def profile_table(cadr_app: Any, name: str = "cadr-profiles") -> Any:
 
     partitions = cadr_app.settings.kafka.partitions
 
-    class WorkloadPartitionedTable(faust.Table):  # type: ignore[misc]
+    class WorkloadPartitionedTable(faust.Table):
         def partition_for_key(self, key: Any) -> int:
             raw = key if isinstance(key, bytes) else str(key).encode()
             return workload_partition(raw.split(b"|", 1)[0].decode(), partitions)
@@ -121,7 +121,7 @@ def register(cadr_app: Any) -> None:
     cadr_app.stages["profiles"] = counters
 
     @cadr_app.app.agent(cadr_app.topic(EDITS), name="cadr.profile-edits")
-    async def profile_edits(stream):  # type: ignore[no-untyped-def]
+    async def profile_edits(stream):
         async for value in stream:
             try:
                 edit = decode_edit(value)

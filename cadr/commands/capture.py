@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from cadr.config import Settings
 from schemas.errors import CadrError
+
+if TYPE_CHECKING:
+    from streams.forensics.capture import Selection
 
 __all__ = ["add_selection_args", "register", "selection_from_args"]
 
@@ -32,7 +36,7 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=0, help="at most this many events (default: 0 = no limit)")
 
 
-def selection_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def selection_from_args(args: argparse.Namespace) -> Selection:
     from streams.forensics.capture import Selection
     from streams.forensics.named import parse_time_ns
 
@@ -49,7 +53,7 @@ def selection_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-de
     )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "capture",
         help="write events from the store or a topic to a capture file (JSON lines, .zst = zstd)",

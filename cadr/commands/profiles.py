@@ -17,7 +17,7 @@ import shlex
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -30,7 +30,7 @@ from schemas.records import Profile, ProfileEdit, ProfileEditOp
 __all__ = ["allow_edit", "register", "resolve_workload", "workload_matcher"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "profiles",
         help="show, export, import and edit behavioural baselines",
@@ -339,14 +339,14 @@ def allow_edit(
     workload_key: str,
     container: str = "",
     *,
-    execs: list[str] = (),  # type: ignore[assignment]
-    arg_shapes: list[str] = (),  # type: ignore[assignment]
-    files: list[str] = (),  # type: ignore[assignment]
-    writes: list[str] = (),  # type: ignore[assignment]
-    egress: list[str] = (),  # type: ignore[assignment]
-    dns: list[str] = (),  # type: ignore[assignment]
-    listen: list[int] = (),  # type: ignore[assignment]
-    privileges: list[str] = (),  # type: ignore[assignment]
+    execs: Sequence[str] = (),
+    arg_shapes: Sequence[str] = (),
+    files: Sequence[str] = (),
+    writes: Sequence[str] = (),
+    egress: Sequence[str] = (),
+    dns: Sequence[str] = (),
+    listen: Sequence[int] = (),
+    privileges: Sequence[str] = (),
     user: str = "",
     reason: str = "",
 ) -> ProfileEdit:

@@ -20,7 +20,7 @@ FORMATS = {
 }
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "query",
         help="read-only SQL over the event store, or a named hunt (--named NAME)",

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TextIO
 
 from cadr.commands.capture import add_selection_args, selection_from_args
 from cadr.config import Settings
@@ -14,7 +15,7 @@ from schemas.errors import CadrError
 __all__ = ["progress_bar", "register"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "replay",
         help="publish captured or stored events back into cadr.raw (or a topic), in per-workload order",
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(handler=_handle)
 
 
-def progress_bar(stream=sys.stderr, width: int = 30) -> Callable[[int, int | None], None]:  # type: ignore[no-untyped-def]
+def progress_bar(stream: TextIO = sys.stderr, width: int = 30) -> Callable[[int, int | None], None]:
     """A callback drawing ``[#####.....] done/total  rate/s`` on one line, at most 10 times a second."""
     started = time.monotonic()
     last = [0.0]
@@ -87,17 +88,21 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
 
         selection = selection_from_args(args)
         with open_reader(settings) as reader:
-            # Materialize the selection first: the store session must not stay open while Kafka paces us.
-            values = list(store_selection(reader, selection))
-        total, source = len(values), "the store"
-        report = replay_sync(
-            values,
-            bootstrap=settings.kafka.bootstrap,
-            topic=topic,
-            rate=args.rate,
-            total=total,
-            progress=progress,
-        )
+            count_sql, count_params = selection.sql(reader.database, columns="count()")
+            count_sql = count_sql.replace(" ORDER BY time, event_id", "")
+            total = int(reader.rows(count_sql, count_params)[0][0])
+            if selection.limit:
+                total = min(total, selection.limit)
+            # Streamed from the store (a week of events need not fit in memory), paced by Kafka.
+            report = replay_sync(
+                store_selection(reader, selection),
+                bootstrap=settings.kafka.bootstrap,
+                topic=topic,
+                rate=args.rate,
+                total=total,
+                progress=progress,
+            )
+            source = f"the store ({reader.route})"
     else:
         if not args.capture:
             raise CadrError("give a capture file to replay, or --from-store with a selection")

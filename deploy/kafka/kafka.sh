@@ -139,8 +139,9 @@ cmd_format() {
   # made here to spare a JVM start.
   local cluster_id
   cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+  # (passed as --cluster-id=ID: an id may start with "-", which would read as an option)
   (KAFKA_HEAP_OPTS="-Xmx256m" KAFKA_OPTS="-XX:TieredStopAtLevel=1 ${KAFKA_OPTS:-}" \
-    jvm kafka.tools.StorageTool "$data/logs" format --cluster-id "$cluster_id" --config "$data/format.properties" >&2)
+    jvm kafka.tools.StorageTool "$data/logs" format --cluster-id="$cluster_id" --config "$data/format.properties" >&2)
   rm -f "$data/format.properties"
 }
 

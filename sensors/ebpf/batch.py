@@ -22,12 +22,17 @@ IDX = struct.Struct("<IIIIq")
 
 class JsonBatch:
     """Events of one poll: JSON lines (each ends with a newline) and, per event, its
-    Kafka key, timestamp (ms) and the CPU its record came from."""
+    Kafka key, timestamp (ms) and the CPU its record came from.
+
+    From the native consumer, :attr:`data` and the index are views of its output
+    buffer (no copy): valid until the second drain after the one that made the batch,
+    which is after the sensor handed it to the sink. The values :meth:`items` returns
+    are copies; ``bytes(batch.data)`` keeps the lines."""
 
     __slots__ = ("_data", "_index", "_items", "_keys", "count")
 
-    def __init__(self, data: bytes, index: bytes, keys: Sequence[bytes]) -> None:
-        self._data: bytes | None = data
+    def __init__(self, data: bytes | memoryview, index: bytes | memoryview, keys: Sequence[bytes]) -> None:
+        self._data: bytes | memoryview | None = data
         self._index = index
         self._keys = keys
         self._items: list[JsonItem] | None = None
@@ -49,7 +54,7 @@ class JsonBatch:
         return self.count > 0
 
     @property
-    def data(self) -> bytes:
+    def data(self) -> bytes | memoryview:
         """Every event's JSON, one per line, each line ending with a newline."""
         if self._data is None:
             items = self._items or []
@@ -61,7 +66,8 @@ class JsonBatch:
         if self._items is None:
             data, keys = self._data or b"", self._keys
             self._items = [
-                (data[start:end], keys[key], ts, cpu) for start, end, key, cpu, ts in IDX.iter_unpack(self._index)
+                (bytes(data[start:end]), keys[key], ts, cpu)
+                for start, end, key, cpu, ts in IDX.iter_unpack(self._index)
             ]
         return self._items
 

@@ -132,6 +132,14 @@ struct {
 	__type(value, struct cred_stash);
 } cred_before SEC(".maps");
 
+/* A kernel pointer we hold as a plain value (read by a helper, or kept across bpf_loop
+ * iterations) made a read-only BTF pointer again: its fields are then direct loads (the
+ * JIT's fault-tolerant loads, a few ns) instead of one bpf_probe_read_kernel call each
+ * (~50-80 ns here). The verifier inlines the kfunc to a move; the loads read what a probe
+ * read would (a bad pointer reads as zero). */
+extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
+#define RDONLY(type, p) ((type *)bpf_rdonly_cast((void *)(p), bpf_core_type_id_kernel(type)))
+
 /* Mask a value in a way the compiler cannot drop (it often proves the mask redundant and
  * removes it, and then the verifier cannot see the bound on the helper's size argument). */
 #define BOUND(v, mask)                                                                              \
@@ -189,11 +197,19 @@ static __always_inline struct scratch *get_scratch(void)
 /* Wake the consumer only for the record that takes the backlog across the threshold: a
  * wake-up is an irq_work (a self-IPI, costly under virtualization), and forcing one per
  * record while a busy consumer catches up made every record several times dearer. The
- * consumer also drains on a short timer, so a wake-up lost to a race costs only latency. */
-static __always_inline __u64 wake_flags(__u64 size)
+ * consumer also drains on a short timer, so a wake-up lost to a race costs only latency.
+ * A record takes its size plus the 8-byte header, rounded up to 8, in the ring; `queued`
+ * says whether the backlog already counts it (reserved, then submitted) or not
+ * (bpf_ringbuf_output: asked before the copy). Without that distinction the output path
+ * woke on the record after the crossing, and missed when it was smaller than the one
+ * that crossed. */
+static __always_inline __u64 wake_flags(__u64 size, int queued)
 {
+	__u64 rec = (size + 8 + 7) & ~7ULL;
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	if (avail >= cfg.wakeup_bytes && avail < cfg.wakeup_bytes + size + 8)
+	__u64 before = queued ? (avail > rec ? avail - rec : 0) : avail;
+
+	if (before < cfg.wakeup_bytes && before + rec >= cfg.wakeup_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
 }
@@ -204,6 +220,11 @@ static __always_inline void count_output(struct cadr_stats *st, long err, __u64 
 		return;
 	if (err) {
 		st->drops++;
+		/* a full ring (the consumer fell behind) or not: since 6.15 the reservation
+		 * takes a resilient spinlock that can give up (deadlock check, timeout) */
+		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + ((size + 8 + 7) & ~7ULL) <=
+		    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE))
+			st->drops_not_full++;
 	} else {
 		st->events++;
 		st->bytes += size;
@@ -215,7 +236,7 @@ static __always_inline void emit(struct cadr_stats *st, void *data, __u64 size)
 {
 	if (size > EV_BUF)
 		return;
-	long err = bpf_ringbuf_output(&events, data, size, wake_flags(size));
+	long err = bpf_ringbuf_output(&events, data, size, wake_flags(size, 0));
 	count_output(st, err, size);
 }
 
@@ -278,34 +299,32 @@ struct walk_ctx {
 
 static long walk_step(__u32 i, struct walk_ctx *c)
 {
-	struct dentry *d = c->dentry;
-	struct dentry *mnt_root, *parent;
-	struct qstr q;
+	struct dentry *d, *mnt_root, *parent;
+	const unsigned char *name;
 	__u32 len;
 
-	if (d == c->root_dentry && c->vfsmnt == c->root_mnt)
+	if (c->dentry == c->root_dentry && c->vfsmnt == c->root_mnt)
 		return 1;
-	/* (locals, not c->x inside BPF_CORE_READ: walk_ctx is ours, not the kernel's) */
-	struct vfsmount *vm = c->vfsmnt;
-	struct mount *m = c->mnt;
-
-	mnt_root = BPF_CORE_READ(vm, mnt_root);
-	parent = BPF_CORE_READ(d, d_parent);
-	if (d == mnt_root) {
-		struct mount *mp = BPF_CORE_READ(m, mnt_parent);
-		if (!mp || mp == m)
+	d = RDONLY(struct dentry, c->dentry);
+	mnt_root = RDONLY(struct vfsmount, c->vfsmnt)->mnt_root;
+	parent = d->d_parent;
+	if ((__u64)c->dentry == (__u64)mnt_root) {
+		struct mount *m = RDONLY(struct mount, c->mnt);
+		struct mount *mp = m->mnt_parent;
+		if (!mp || (__u64)mp == (__u64)c->mnt)
 			return 1; /* the global root */
-		c->dentry = BPF_CORE_READ(m, mnt_mountpoint);
+		c->dentry = m->mnt_mountpoint;
 		c->mnt = mp;
-		c->vfsmnt = &mp->mnt;
+		c->vfsmnt = (struct vfsmount *)((void *)mp + bpf_core_field_offset(struct mount, mnt));
 		return 0;
 	}
 	/* A disconnected dentry (memfd, or a pseudo file): its own name, then stop, which
 	 * gives "/memfd:name" as /proc/PID/exe shows it. */
-	int last = d == parent;
-	if (bpf_core_read(&q, sizeof(q), &d->d_name))
+	int last = (__u64)c->dentry == (__u64)parent;
+	name = d->d_name.name;
+	if (!name)
 		return 1;
-	len = q.len;
+	len = d->d_name.len;
 	if (len > 255)
 		len = 255;
 	if (len + 1 > c->pos) {
@@ -316,7 +335,7 @@ static long walk_step(__u32 i, struct walk_ctx *c)
 	__u8 *buf = c->buf;
 	if (!buf)
 		return 1;
-	bpf_probe_read_kernel(buf + BOUND(c->pos, WORK_PATH - 1), BOUND(len, 255), q.name);
+	bpf_probe_read_kernel(buf + BOUND(c->pos, WORK_PATH - 1), BOUND(len, 255), name);
 	c->pos -= 1;
 	buf[BOUND(c->pos, WORK_PATH - 1)] = '/';
 	/* keep the last SENSITIVE_DEPTH+1 starts: after the walk they are the root-most ones */
@@ -337,8 +356,8 @@ static __always_inline __u32 walk_path(struct walk_ctx *c, struct scratch *s, st
 	c->dentry = dentry;
 	c->vfsmnt = vfsmnt;
 	c->mnt = (struct mount *)((void *)vfsmnt - bpf_core_field_offset(struct mount, mnt));
-	c->root_dentry = BPF_CORE_READ(task, fs, root.dentry);
-	c->root_mnt = BPF_CORE_READ(task, fs, root.mnt);
+	c->root_dentry = task->fs->root.dentry;
+	c->root_mnt = task->fs->root.mnt;
 	c->buf = s->work;
 	c->pos = WORK_PATH;
 	c->depth = 0;
@@ -377,18 +396,18 @@ static __always_inline int is_sock(struct file *f)
 	return (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) == S_IFSOCK;
 }
 
+/* The open file behind `fd` of `t` (a BTF task pointer), as a read-only BTF pointer. */
 static __always_inline struct file *fd_file(struct task_struct *t, __u32 fd)
 {
-	struct files_struct *files = BPF_CORE_READ(t, files);
-	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
+	struct fdtable *fdt = t->files->fdt;
 	struct file **arr;
 	struct file *f = 0;
 
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+	if (!fdt || fd >= fdt->max_fds)
 		return 0;
-	arr = BPF_CORE_READ(fdt, fd);
-	bpf_core_read(&f, sizeof(f), &arr[fd]);
-	return f;
+	arr = fdt->fd;
+	bpf_core_read(&f, sizeof(f), &arr[fd]); /* an array of pointers: no BTF type */
+	return f ? RDONLY(struct file, f) : 0;
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -487,13 +506,13 @@ int BPF_PROG(cadr_fork, struct task_struct *parent, struct task_struct *child)
 	st = get_stats();
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		count_output(st, -1, 0);
+		count_output(st, -1, sizeof(*e));
 		if (st)
 			st->seq++;
 		return 0;
 	}
 	fill_hdr(&e->h, child, CADR_FORK, sizeof(*e), st, 0);
-	bpf_ringbuf_submit(e, wake_flags(sizeof(*e)));
+	bpf_ringbuf_submit(e, wake_flags(sizeof(*e), 1));
 	count_output(st, 0, sizeof(*e));
 	return 0;
 }
@@ -518,7 +537,7 @@ int BPF_PROG(cadr_exit, struct task_struct *p)
 	st = get_stats();
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		count_output(st, -1, 0);
+		count_output(st, -1, sizeof(*e));
 		if (st)
 			st->seq++;
 		return 0;
@@ -529,7 +548,7 @@ int BPF_PROG(cadr_exit, struct task_struct *p)
 	else
 		e->code = BPF_CORE_READ(p, exit_code);
 	e->pad = 0;
-	bpf_ringbuf_submit(e, wake_flags(sizeof(*e)));
+	bpf_ringbuf_submit(e, wake_flags(sizeof(*e), 1));
 	count_output(st, 0, sizeof(*e));
 	return 0;
 }
@@ -631,14 +650,16 @@ static __always_inline void on_open(struct pt_regs *regs, long nr, long ret, str
 	f = fd_file(t, ret);
 	if (!f)
 		return;
-	ino = BPF_CORE_READ(f, f_inode);
-	mode = BPF_CORE_READ(ino, i_mode);
-	magic = BPF_CORE_READ(ino, i_sb, s_magic);
-	key.ino = BPF_CORE_READ(ino, i_ino);
-	key.dev = BPF_CORE_READ(ino, i_sb, s_dev);
+	ino = f->f_inode;
+	if (!ino)
+		return;
+	mode = ino->i_mode;
+	magic = ino->i_sb->s_magic;
+	key.ino = ino->i_ino;
+	key.dev = ino->i_sb->s_dev;
 
 	if (flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND)) {
-		if ((mode & S_IFMT) == S_IFCHR && noise_chardev(BPF_CORE_READ(ino, i_rdev)))
+		if ((mode & S_IFMT) == S_IFCHR && noise_chardev(ino->i_rdev))
 			goto suppressed;
 		reason = OPEN_WRITE;
 	} else {
@@ -651,7 +672,7 @@ static __always_inline void on_open(struct pt_regs *regs, long nr, long ret, str
 		if (seen) {
 			struct open_key pk = key;
 			__u8 one = 1;
-			pk.scope = ((__u64)BPF_CORE_READ(t, tgid) << 32) ^ BPF_CORE_READ(t, group_leader, start_boottime);
+			pk.scope = ((__u64)t->tgid << 32) ^ t->group_leader->start_boottime;
 			if (bpf_map_lookup_elem(&open_seen_proc, &pk))
 				goto suppressed;
 			bpf_map_update_elem(&open_seen_proc, &pk, &one, BPF_ANY);
@@ -663,7 +684,7 @@ static __always_inline void on_open(struct pt_regs *regs, long nr, long ret, str
 	if (!s)
 		return;
 	e = (struct cadr_open *)s->ev;
-	start = walk_path(&c, s, BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt), t);
+	start = walk_path(&c, s, f->f_path.dentry, f->f_path.mnt, t);
 	if (!reason) {
 		__u8 v = 1;
 		reason = OPEN_FIRST;
@@ -672,7 +693,7 @@ static __always_inline void on_open(struct pt_regs *regs, long nr, long ret, str
 			__u8 one = 1;
 			v = 2;
 			reason = OPEN_SENSITIVE;
-			pk.scope = ((__u64)BPF_CORE_READ(t, tgid) << 32) ^ BPF_CORE_READ(t, group_leader, start_boottime);
+			pk.scope = ((__u64)t->tgid << 32) ^ t->group_leader->start_boottime;
 			bpf_map_update_elem(&open_seen_proc, &pk, &one, BPF_ANY);
 		}
 		bpf_map_update_elem(&open_seen, &key, &v, BPF_ANY);
@@ -729,7 +750,7 @@ static __always_inline void on_net(struct task_struct *t, __u16 type, __u32 fd, 
 	st = get_stats();
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		count_output(st, -1, 0);
+		count_output(st, -1, sizeof(*e));
 		if (st)
 			st->seq++;
 		return;
@@ -751,7 +772,7 @@ static __always_inline void on_net(struct task_struct *t, __u16 type, __u32 fd, 
 	}
 	e->ret = ret;
 	e->fd = fd;
-	bpf_ringbuf_submit(e, wake_flags(sizeof(*e)));
+	bpf_ringbuf_submit(e, wake_flags(sizeof(*e), 1));
 	count_output(st, 0, sizeof(*e));
 }
 

@@ -98,6 +98,7 @@ struct cadr_stats {
 	__u64 open_seen;      /* opens the kernel looked at */
 	__u64 open_suppressed; /* opens filtered out (dedup, pseudo fs, directories) */
 	__u64 errors;         /* helper failures (reads of vanished memory ...) */
+	__u64 drops_not_full; /* of drops: the ring had room (the kernel's reservation gave up) */
 };
 
 struct cadr_hdr {

@@ -110,6 +110,23 @@ struct cadr_ring {
 	size_t wl_cap; /* power of two */
 	size_t wl_count;
 	char *id_buf; /* scratch for "{node}:{pid}:{start}" */
+	/* rendered process blocks of the hot kinds, direct-mapped by the header's identity
+	 * (pid .. comm): a flood comes from a few processes, and the two exec_ids (base64)
+	 * are most of a block's cost. Emptied when the node or the clock offset changes. */
+	struct pb_entry *pb;
+	size_t pb_max; /* bytes a block can take (set with the node) */
+};
+
+static void pb_free(struct cadr_ring *r);
+
+#define PB_SLOTS 1024
+#define PB_KEY_OFF offsetof(struct cadr_hdr, pid)
+#define PB_KEY_LEN (sizeof(struct cadr_hdr) - PB_KEY_OFF)
+
+struct pb_entry {
+	__u8 key[PB_KEY_LEN];
+	__u32 len; /* 0: empty */
+	char *block;
 };
 
 /* ---- small formatting helpers -------------------------------------------------------- */
@@ -497,6 +514,37 @@ static char *process_block(struct cadr_ring *r, char *o, const struct cadr_hdr *
 	return o;
 }
 
+static void pb_clear(struct cadr_ring *r)
+{
+	if (!r->pb)
+		return;
+	for (size_t i = 0; i < PB_SLOTS; i++)
+		r->pb[i].len = 0;
+}
+
+/* process_block(r, o, h, NULL), from the cache when this process was seen (the block
+ * depends only on the header bytes from pid to comm, the node and the clock offset). */
+static inline char *process_block_cached(struct cadr_ring *r, char *o, const struct cadr_hdr *h)
+{
+	const __u8 *key = (const __u8 *)h + PB_KEY_OFF;
+	__u64 x = ((__u64)h->tid << 32 | h->pid) ^ h->start ^ h->cgroup;
+	struct pb_entry *e;
+
+	if (!r->pb)
+		return process_block(r, o, h, NULL);
+	e = &r->pb[(x * 0x9E3779B97F4A7C15ULL) >> 54]; /* 10 bits: PB_SLOTS */
+	if (e->len && !memcmp(e->key, key, PB_KEY_LEN))
+		return put(o, e->block, e->len);
+	char *end = process_block(r, o, h, NULL);
+	size_t len = (size_t)(end - o);
+	if (len <= r->pb_max) {
+		memcpy(e->key, key, PB_KEY_LEN);
+		memcpy(e->block, o, len);
+		e->len = (__u32)len;
+	}
+	return end;
+}
+
 /* {"schema_version":1,"event_id":"N:cpu:seq:ktime","time":T,"node":N,"source":"ebpf","kind":"K", */
 static char *event_head(struct cadr_ring *r, char *o, const struct cadr_hdr *h, const char *kind,
 			size_t kind_len, int omit_empty_node)
@@ -598,7 +646,7 @@ static int format_record(struct cadr_ring *r, const __u8 *rec, __u32 len, struct
 		const struct cadr_open *e = (const void *)rec;
 		o = event_head(r, o, h, "file_open", 9, 0);
 		o = put(o, w->frag, w->frag_len);
-		o = process_block(r, o, h, NULL);
+		o = process_block_cached(r, o, h);
 		o = LIT(o, "},\"file\":{\"path\":");
 		o = json_str(o, rec + sizeof(*e), e->path_len, BAD_BACKSLASH);
 		o = LIT(o, ",\"flags\":");
@@ -611,7 +659,7 @@ static int format_record(struct cadr_ring *r, const __u8 *rec, __u32 len, struct
 	case CADR_FORK:
 		o = event_head(r, o, h, "process_fork", 12, 0);
 		o = put(o, w->frag, w->frag_len);
-		o = process_block(r, o, h, NULL);
+		o = process_block_cached(r, o, h);
 		o = LIT(o, "}}");
 		break;
 	case CADR_EXIT: {
@@ -620,7 +668,7 @@ static int format_record(struct cadr_ring *r, const __u8 *rec, __u32 len, struct
 		__s64 code = (st & 0x7F) == 0 ? (st >> 8) & 0xFF : -(__s64)(st & 0x7F);
 		o = event_head(r, o, h, "process_exit", 12, 0);
 		o = put(o, w->frag, w->frag_len);
-		o = process_block(r, o, h, NULL);
+		o = process_block_cached(r, o, h);
 		o = LIT(o, ",\"exit_code\":");
 		o = put_i64(o, code);
 		o = LIT(o, "}}");
@@ -648,7 +696,7 @@ static int format_record(struct cadr_ring *r, const __u8 *rec, __u32 len, struct
 		else
 			o = event_head(r, o, h, "net_listen", 10, 0);
 		o = put(o, w->frag, w->frag_len);
-		o = process_block(r, o, h, NULL);
+		o = process_block_cached(r, o, h);
 		o = LIT(o, "},\"network\":{\"protocol\":\"");
 		if (e->proto == 6)
 			o = LIT(o, "tcp");
@@ -714,6 +762,7 @@ void cadr_ring_close(struct cadr_ring *r)
 	if (!r)
 		return;
 	cadr_ring_clear_workloads(r);
+	pb_free(r);
 	free(r->wl);
 	free(r->node_raw);
 	free(r->node_json);
@@ -763,6 +812,15 @@ struct cadr_ring *cadr_ring_open(int map_fd, __u64 size, __u64 page)
 	return r;
 }
 
+static void pb_free(struct cadr_ring *r)
+{
+	if (r->pb)
+		free(r->pb[0].block);
+	free(r->pb);
+	r->pb = NULL;
+	r->pb_max = 0;
+}
+
 /* The node name, raw (for exec_id) and as a JSON string (what decode.py's orjson gives). */
 int cadr_ring_set_node(struct cadr_ring *r, const char *raw, size_t raw_len, const char *json, size_t json_len)
 {
@@ -783,11 +841,26 @@ int cadr_ring_set_node(struct cadr_ring *r, const char *raw, size_t raw_len, con
 	r->node_json = nj;
 	r->node_json_len = json_len;
 	r->id_buf = ib;
+	pb_free(r);
+	/* numbers and names (~300), the comm escaped (16 x 6), two exec_ids in base64 */
+	size_t max = 512 + 96 + 2 * (((raw_len + 48) / 3 + 1) * 4);
+	struct pb_entry *pb = calloc(PB_SLOTS, sizeof(*pb));
+	char *blocks = pb ? malloc(PB_SLOTS * max) : NULL;
+	if (!blocks) {
+		free(pb); /* no cache: every block is rendered */
+		return 0;
+	}
+	for (size_t i = 0; i < PB_SLOTS; i++)
+		pb[i].block = blocks + i * max;
+	r->pb = pb;
+	r->pb_max = max;
 	return 0;
 }
 
 void cadr_ring_set_offset(struct cadr_ring *r, __s64 offset)
 {
+	if (offset != r->offset)
+		pb_clear(r);
 	r->offset = offset;
 }
 

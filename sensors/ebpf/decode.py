@@ -202,6 +202,7 @@ class Decoder:
         self._generation = generation
         self._mono = monotonic
         self._frag_gen = generation()
+        self._frag_offset = clock.offset
         self.on_cgroup = on_cgroup
         self._stats = DecodeStats()
         self._ids: dict[tuple[int, int], str] = {}
@@ -334,16 +335,22 @@ class Decoder:
         # pid .. comm: everything process-specific (the tid too: threads share the rest)
         raw = bytes(data[off + 24 : off + 96])
         hit = self._fragments.get(raw)
-        if hit is not None and (hit[2] is None or hit[2] > self._mono()):
+        if (
+            hit is not None
+            and (hit[2] is None or hit[2] > self._mono())
+            and self.clock.offset == self._frag_offset
+        ):
             return hit[0], hit[1]
         h = layout.HDR.unpack_from(data, off)
         workload, key, expires = self.workload_of(h[11], h[12])
         proc, _, _ = self._process(h)
         frag = b'"workload":' + _ENC.encode(workload) + b',"process":' + _ENC.encode(proc)[:-1]
         gen = self._generation()
-        if len(self._fragments) > 100_000 or gen != self._frag_gen:
+        # start_time is in the fragment: a recalibrated clock must not keep old ones
+        if len(self._fragments) > 100_000 or gen != self._frag_gen or self.clock.offset != self._frag_offset:
             self._fragments.clear()
             self._frag_gen = gen
+            self._frag_offset = self.clock.offset
         self._fragments[raw] = (frag, key, expires)
         return frag, key
 

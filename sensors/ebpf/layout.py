@@ -117,7 +117,9 @@ RECORDS = {
     "cadr_config": (CONFIG, CONFIG_FIELDS),
 }
 
-STATS_FIELDS = ("seq", "events", "drops", "bytes", "path_trunc", "open_seen", "open_suppressed", "errors")
+STATS_FIELDS = (
+    "seq", "events", "drops", "bytes", "path_trunc", "open_seen", "open_suppressed", "errors", "drops_not_full",
+)  # fmt: skip
 STATS = struct.Struct("<" + "Q" * len(STATS_FIELDS))
 RECORDS["cadr_stats"] = (STATS, tuple((name, "Q") for name in STATS_FIELDS))
 

@@ -127,7 +127,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     }
     wrong = {what: (int(abi(what)), want) for what, want in expected.items() if int(abi(what)) != want}
     if wrong:
-        raise SensorError(f"library built for another layout (check: (library, tree)) {wrong}; rerun build.sh")
+        raise SensorError(
+            f"library built for another layout (check: (library, tree)) {wrong}; rerun build.sh"
+        )
     return lib
 
 
@@ -166,7 +168,7 @@ class NativeFormatter:
             raise SensorError(f"cannot set up the native ring consumer: errno {ctypes.get_errno()}")
         self.ctx: int | None = ctx
         node = decoder.node
-        raw, js = node.encode(), decoder._node_json  # noqa: SLF001 (same bytes as the Python path)
+        raw, js = node.encode(), decoder._node_json  # the same bytes as the Python path
         if lib.cadr_ring_set_node(ctx, raw, len(raw), js, len(js)):
             raise SensorError("cannot hand the node name to the native consumer")
         self._offset: int | None = None
@@ -178,50 +180,70 @@ class NativeFormatter:
         self._alloc(out_bytes, max_events)
 
     def _alloc(self, out_bytes: int, max_events: int) -> None:
-        self._out = ctypes.create_string_buffer(out_bytes)
-        self._out_view = memoryview(self._out).cast("B")
-        self._idx = ctypes.create_string_buffer(max_events * IDX.size)
+        """Two output buffers, used in turn: a batch is a view of one, so it stays valid
+        while the sink works and the next drain fills the other (no copy per poll: a
+        fresh multi-megabyte bytes object each poll cost page faults)."""
+        self._sets = [_Buffers(out_bytes, max_events), _Buffers(out_bytes, max_events)]
+        self._use(0)
+
+    def _use(self, which: int) -> None:
+        self._cur = which
+        b = self._sets[which]
         d = self._d
-        d.out, d.out_cap = ctypes.addressof(self._out), out_bytes
-        d.idx, d.idx_cap = ctypes.addressof(self._idx), max_events
-        d.reserve = min(self.RESERVE, out_bytes // 4)
+        d.out, d.out_cap = ctypes.addressof(b.out), b.out_cap
+        d.idx, d.idx_cap = ctypes.addressof(b.idx), b.idx_cap
+        d.out_len = d.idx_len = 0
+        d.reserve = min(self.RESERVE, b.out_cap // 4)
 
     def _grow(self, out_need: int) -> None:
-        """Bigger buffers, keeping what they hold (a Python line that did not fit)."""
+        """A bigger current buffer, keeping what it holds (a Python line did not fit)."""
         d = self._d
         used_out, used_idx = d.out_len, d.idx_len
-        old_out, old_idx = bytes(self._out_view[:used_out]), self._idx.raw[: used_idx * IDX.size]
-        self._alloc(max(2 * d.out_cap, used_out + out_need + self.RESERVE), 2 * d.idx_cap)
-        ctypes.memmove(self._out, old_out, len(old_out))
-        ctypes.memmove(self._idx, old_idx, len(old_idx))
+        old = self._sets[self._cur]
+        new = _Buffers(max(2 * d.out_cap, used_out + out_need + self.RESERVE), 2 * d.idx_cap)
+        ctypes.memmove(new.out, old.out, used_out)
+        ctypes.memmove(new.idx, old.idx, used_idx * IDX.size)
+        self._sets[self._cur] = new
+        self._use(self._cur)
         d.out_len, d.idx_len = used_out, used_idx
+
+    #: distinct Kafka keys remembered before the table starts over (between batches)
+    MAX_KEYS = 1 << 16
 
     def _key_id(self, key: bytes) -> int:
         kid = self._key_ids.get(key)
         if kid is None:
-            if len(self._keys) >= 1 << 20:  # bounded: start over (ids in C go with it)
-                self._keys, self._key_ids = [], {}
-                self.lib.cadr_ring_clear_workloads(self.ctx)
             kid = self._key_ids[key] = len(self._keys)
             self._keys.append(key)
         return kid
 
     def sync(self) -> None:
-        """Follow the clock offset and the attribution (a cgroup came or went)."""
+        """Follow the clock offset and the attribution (a cgroup came or went); called
+        between batches."""
         offset = self.decoder.clock.offset
         if offset != self._offset:
             self.lib.cadr_ring_set_offset(self.ctx, offset)
             self._offset = offset
         gen = self._generation()
-        if gen != self._gen:
+        if gen != self._gen or len(self._keys) >= self.MAX_KEYS:
+            # the key ids the cached fragments carry go with the table (a batch in a
+            # sink keeps the list it was made with)
             self.lib.cadr_ring_clear_workloads(self.ctx)
             self._gen = gen
+            if len(self._keys) >= self.MAX_KEYS:
+                self._keys, self._key_ids = [], {}
 
     def put_workload(self, cgroup: int, cgroup_v1: int) -> None:
         """Ask Python's resolver for a cgroup pair's workload and cache it in C."""
         frag, key, expires = self.decoder.workload_fragment(cgroup, cgroup_v1)
         ret = self.lib.cadr_ring_put_workload(
-            self.ctx, cgroup, cgroup_v1, frag, len(frag), self._key_id(key), math.inf if expires is None else expires
+            self.ctx,
+            cgroup,
+            cgroup_v1,
+            frag,
+            len(frag),
+            self._key_id(key),
+            math.inf if expires is None else expires,
         )
         if ret:
             raise SensorError(f"native consumer: cannot cache a workload fragment ({ret})")
@@ -234,18 +256,18 @@ class NativeFormatter:
         if d.out_len + n + 1 > d.out_cap or d.idx_len >= d.idx_cap:
             self._grow(n + 1)
         start = d.out_len
-        self._out_view[start : start + n] = value
-        self._out_view[start + n] = 10
-        IDX.pack_into(self._idx, d.idx_len * IDX.size, start, start + n, self._key_id(item[1]), item[3], item[2])
+        b = self._sets[self._cur]
+        b.out_view[start : start + n] = value
+        b.out_view[start + n] = 10
+        IDX.pack_into(b.idx, d.idx_len * IDX.size, start, start + n, self._key_id(item[1]), item[3], item[2])
         d.out_len = start + n + 1
         d.idx_len += 1
 
     def _take(self) -> JsonBatch:
         d = self._d
-        batch = JsonBatch(
-            ctypes.string_at(self._out, d.out_len), ctypes.string_at(self._idx, d.idx_len * IDX.size), self._keys
-        )
-        d.out_len = d.idx_len = 0
+        b = self._sets[self._cur]
+        batch = JsonBatch(b.out_view[: d.out_len], b.idx_view[: d.idx_len * IDX.size], self._keys)
+        self._use(1 - self._cur)
         return batch
 
     def format_one(self, record: bytes) -> JsonBatch:
@@ -277,6 +299,18 @@ class NativeFormatter:
         if self.ctx:
             self.lib.cadr_ring_close(self.ctx)
             self.ctx = None
+
+
+class _Buffers:
+    """One output buffer and its index (``struct cadr_idx`` entries), for C to fill."""
+
+    def __init__(self, out_bytes: int, max_events: int) -> None:
+        self.out = ctypes.create_string_buffer(out_bytes)
+        self.out_cap = out_bytes
+        self.out_view = memoryview(self.out).cast("B")
+        self.idx = ctypes.create_string_buffer(max_events * IDX.size)
+        self.idx_cap = max_events
+        self.idx_view = memoryview(self.idx).cast("B")
 
 
 def _cgroups(record: bytes) -> tuple[int, int]:
@@ -335,5 +369,7 @@ class NativeConsumer(NativeFormatter):
             item = self.decoder.decode_json(self.view, d.pend_off, d.pend_len)
             if item is not None:
                 self._append(item)
-            self.sync()  # a cgroup record may have changed the attribution
+            if self._generation() != self._gen:  # a cgroup record changed the attribution
+                self.lib.cadr_ring_clear_workloads(self.ctx)
+                self._gen = self._generation()
         return self._take(), consumed, rc in (STOP_BUDGET, STOP_FULL)

@@ -1,4 +1,8 @@
-"""A consumer of a BPF ring buffer map read straight from its mmap.
+"""A consumer of a BPF ring buffer map read straight from its mmap (in Python).
+
+The sensor reads the ring with the native consumer (:mod:`sensors.ebpf.native`) when it
+is built; this one is the fallback, and the mapping the native one hands records back
+through when Python must decode them.
 
 The kernel's layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position (written
 by us), page 1 the producer position, then the data pages mapped twice so a record that

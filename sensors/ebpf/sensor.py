@@ -1,8 +1,11 @@
 """The eBPF sensor's run loop: drain the ring buffer, decode, attribute, hand to a sink.
 
-The loop drains whatever the kernel wrote every ``poll_interval_s`` (or at once when the
-kernel forces a wake-up because the backlog passed its threshold), decodes it in place,
-and gives the sink one batch. Counters: kernel drops per CPU (ring buffer full), user
+The loop drains whatever the kernel wrote every ``poll_interval_s`` (backing off on a
+quiet node, and at once when the kernel forces a wake-up because the backlog passed its
+threshold), decodes it in place, and gives the sink one batch. A JSON sink gets the batch
+from the native consumer (:mod:`.native`, C: one buffer of JSON lines per poll) when
+``build/libcadrring.so`` is built, else from the Python one (:mod:`.ringbuf` +
+:mod:`.decode`); both give the same bytes. Counters: kernel drops per CPU (ring buffer full), user
 drops per CPU (records the decoder or the sink could not deliver), spool drops (the
 publisher's). They are published as ``sensor_health`` events every
 ``health_interval_s`` and served as Prometheus metrics.
@@ -153,6 +156,10 @@ class SensorOptions:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     #: how often the ring buffer is drained when the kernel does not force a wake-up
     poll_interval_s: float = 0.01
+    #: a poll that drained less than this is "light": after 10 in a row the interval
+    #: grows, up to max_backoff x poll_interval_s (latency bound on a quiet node)
+    light_batch_bytes: int = 64 << 10
+    max_backoff: int = 10
     health_interval_s: float = 10.0
     #: most bytes decoded before yielding to the event loop
     max_batch_bytes: int = 2 << 20
@@ -285,10 +292,13 @@ class EbpfSensor:
                 if deadline is not None and now >= deadline:
                     break
                 if not self._more:
-                    # idle: back off up to 5x the poll interval (a forced wake-up still
-                    # cuts the sleep short); busy: poll at the base interval
-                    idle = idle + 1 if nbytes == 0 else 0
-                    await self._sleep(loop, self.options.poll_interval_s * min(5, 1 + idle // 10))
+                    # A poll costs ~0.1-0.2 ms whatever it finds, so polls that find
+                    # little (a quiet node) back off step by step to max_backoff x the
+                    # interval; the kernel's forced wake-up at wakeup_bytes cuts a sleep
+                    # short when a burst comes. Busy: poll at the base interval.
+                    idle = idle + 1 if nbytes < self.options.light_batch_bytes else 0
+                    factor = min(self.options.max_backoff, 1 + idle // 10)
+                    await self._sleep(loop, self.options.poll_interval_s * factor)
                 else:
                     await asyncio.sleep(0)
             # what the kernel wrote before we stopped
@@ -326,7 +336,11 @@ class EbpfSensor:
                 await self.sink.send(batch)
         except Exception:
             log.exception("sink failed; %d events dropped", len(batch))
-            cpus = batch.cpus() if self.sink.wants_json else [int(ev.event_id.split(":")[-3], 16) for ev, _ in batch]
+            cpus = (
+                batch.cpus()
+                if self.sink.wants_json
+                else [int(ev.event_id.split(":")[-3], 16) for ev, _ in batch]
+            )
             for cpu in cpus:
                 self.user_drops_per_cpu[cpu] = self.user_drops_per_cpu.get(cpu, 0) + 1
 
@@ -390,6 +404,7 @@ class EbpfSensor:
                     "decoded_events": c["decoded_events"],
                     "decode_errors": c["decode_errors"],
                     "bytes": c["kernel"]["bytes"],
+                    "kernel_drops_not_full": c["kernel"]["drops_not_full"],
                     "path_truncated": c["kernel"]["path_trunc"],
                     "opens_seen": c["kernel"]["open_seen"],
                     "opens_suppressed": c["kernel"]["open_suppressed"],

@@ -99,7 +99,7 @@ def open_capture_writer(path: str | Path, *, compress: bool | None = None) -> IO
         return raw
     import zstandard
 
-    return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=True)  # type: ignore[return-value]
+    return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=True)
 
 
 def open_capture_reader(path: str | Path) -> IO[bytes]:
@@ -115,7 +115,7 @@ def open_capture_reader(path: str | Path) -> IO[bytes]:
         import zstandard
 
         reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-        return io.BufferedReader(reader)  # type: ignore[arg-type]
+        return io.BufferedReader(reader)
     return raw
 
 

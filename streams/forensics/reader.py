@@ -118,14 +118,15 @@ def open_reader(settings: Settings, *, wait_s: float = 10.0) -> StoreReader:
                 f"no event store at {store} (start `cadr up` or `cadr worker`, or set CADR_STORE_DSN)"
             )
         if not chdb_dir_locked(str(store)):
+            direct: Client | None
             try:
-                client = open_client(f"chdb://{store}", readonly=True)
+                direct = open_client(f"chdb://{store}", readonly=True)
             except StoreLockedError:
-                client = None
+                direct = None
             except ClickHouseError as exc:
                 raise wrap_error(exc, f"opening {store}") from exc
-            if client is not None:
-                return StoreReader(client, database, route=f"directory {store}")
+            if direct is not None:
+                return StoreReader(direct, database, route=f"directory {store}")
         if time.monotonic() > deadline:
             raise StoreLockedError(
                 f"store {store} is owned by another process that serves no query endpoint "

@@ -122,8 +122,9 @@ class ClusterModel:
     cluster: str = "prod"
     seed: int = 7
     start_ns: int = 1_790_000_000 * _NS  # 2026-09-21
-    #: mean gap between consecutive events (cluster-wide); 10M events at 20 µs span ~55 hours
-    gap_ns: int = 20_000
+    #: mean gap between consecutive events (cluster-wide): 15 ms, so 10M events span ~42 hours (two daily
+    #: partitions, and a time window selects what it would in a real cluster)
+    gap_ns: int = 15_000_000
 
 
 def _pods(model: ClusterModel, rng: random.Random) -> list[_Pod]:

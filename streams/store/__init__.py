@@ -42,5 +42,5 @@ def register(cadr_app: CadrApp) -> None:
 
     service = StoreService(cadr_app.settings)
     # Faust starts extra services after the app's own start-up and stops them with it.
-    cadr_app.app._extra_services.append(service)
+    cadr_app.app._extra_services.append(service)  # type: ignore[arg-type]
     cadr_app.stages["store"] = service

@@ -34,10 +34,12 @@ from schemas.records import (
 
 __all__ = [
     "ALERT_COLUMNS",
+    "EVENT_ALIAS_FIELDS",
     "EVENT_COLUMNS",
     "INCIDENT_COLUMNS",
     "PROFILE_COLUMNS",
     "alerts_table",
+    "alias_columns",
     "canonical_raw",
     "events_table",
     "incidents_table",
@@ -83,30 +85,21 @@ def _col(blocks: Sequence[Any], field: str, type_: pa.DataType) -> pa.Array:
     return pa.array(values, type=type_)
 
 
-# (column, block, field, arrow type) for every flattened Event column, in table order.
+# (column, block, field, arrow type) for every stored Event column, in table order.
 _EVENT_FIELDS: list[tuple[str, str, str, pa.DataType]] = [
     ("node", "", "node", _STR),
     ("source", "", "source", _STR),
-    ("schema_version", "", "schema_version", pa.uint16()),
-    ("enriched", "", "enriched", _BOOL),
     ("cluster", "workload", "cluster", _STR),
     ("namespace", "workload", "namespace", _STR),
     ("pod", "workload", "pod", _STR),
     ("container", "workload", "container", _STR),
-    ("container_id", "workload", "container_id", _STR),
     ("workload_kind", "workload", "workload_kind", _STR),
     ("workload_name", "workload", "workload_name", _STR),
     ("image", "workload", "image", _STR),
     ("service_account", "workload", "service_account", _STR),
-    ("pod_ip", "workload", "pod_ip", _STR),
-    ("labels", "workload", "labels", pa.map_(_STR, _STR)),
     ("pid", "process", "pid", pa.uint32()),
     ("ppid", "process", "ppid", pa.uint32()),
-    ("tid", "process", "tid", pa.uint32()),
     ("uid", "process", "uid", pa.int64()),
-    ("euid", "process", "euid", pa.int64()),
-    ("gid", "process", "gid", pa.int64()),
-    ("egid", "process", "egid", pa.int64()),
     ("comm", "process", "comm", _STR),
     ("exe", "process", "exe", _STR),
     ("args", "process", "args", _STRS),
@@ -114,32 +107,57 @@ _EVENT_FIELDS: list[tuple[str, str, str, pa.DataType]] = [
     ("exec_id", "process", "exec_id", _STR),
     ("parent_exec_id", "process", "parent_exec_id", _STR),
     ("parent_exe", "process", "parent_exe", _STR),
-    ("start_time", "process", "start_time", pa.uint64()),
     ("exit_code", "process", "exit_code", pa.int32()),
     ("tty", "process", "tty", _BOOL),
-    ("stdio_socket", "process", "stdio_socket", _BOOL),
-    ("cgroup_id", "process", "cgroup_id", pa.uint64()),
-    ("mnt_ns", "process", "mnt_ns", pa.uint64()),
-    ("pid_ns", "process", "pid_ns", pa.uint64()),
     ("file_path", "file", "path", _STR),
     ("file_flags", "file", "flags", pa.int64()),
-    ("file_mode", "file", "mode", pa.uint32()),
     ("file_write", "file", "write", _BOOL),
-    ("file_target", "file", "target", _STR),
-    ("net_protocol", "network", "protocol", _STR),
-    ("net_family", "network", "family", _STR),
     ("src_ip", "network", "src_ip", _STR),
     ("src_port", "network", "src_port", pa.uint16()),
     ("dst_ip", "network", "dst_ip", _STR),
     ("dst_port", "network", "dst_port", pa.uint16()),
     ("net_direction", "network", "direction", _STR),
     ("dns_query", "dns", "query", _STR),
-    ("dns_qtype", "dns", "qtype", _STR),
-    ("dns_server", "dns", "server_ip", _STR),
     ("dns_answers", "dns", "answers", _STRS),
     ("priv_op", "privilege", "op", _STR),
-    ("priv_old_uid", "privilege", "old_uid", pa.int64()),
     ("priv_new_uid", "privilege", "new_uid", pa.int64()),
+    ("audit_id", "audit", "audit_id", _STR),
+    ("audit_verb", "audit", "verb", _STR),
+    ("audit_user", "audit", "user", _STR),
+    ("audit_groups", "audit", "groups", _STRS),
+    ("audit_resource", "audit", "resource", _STR),
+    ("audit_subresource", "audit", "subresource", _STR),
+    ("audit_namespace", "audit", "namespace", _STR),
+    ("audit_name", "audit", "name", _STR),
+    ("audit_source_ips", "audit", "source_ips", _STRS),
+    ("audit_user_agent", "audit", "user_agent", _STR),
+    ("audit_response_code", "audit", "response_code", pa.int32()),
+]
+
+#: the rest of the record: ALIAS columns of the events table, computed from ``raw`` at query time (never
+#: inserted); listed here so tests can check the table's expressions against these typed defaults
+EVENT_ALIAS_FIELDS: list[tuple[str, str, str, pa.DataType]] = [
+    ("schema_version", "", "schema_version", pa.uint16()),
+    ("enriched", "", "enriched", _BOOL),
+    ("container_id", "workload", "container_id", _STR),
+    ("pod_ip", "workload", "pod_ip", _STR),
+    ("labels", "workload", "labels", pa.map_(_STR, _STR)),
+    ("tid", "process", "tid", pa.uint32()),
+    ("euid", "process", "euid", pa.int64()),
+    ("gid", "process", "gid", pa.int64()),
+    ("egid", "process", "egid", pa.int64()),
+    ("start_time", "process", "start_time", pa.uint64()),
+    ("stdio_socket", "process", "stdio_socket", _BOOL),
+    ("cgroup_id", "process", "cgroup_id", pa.uint64()),
+    ("mnt_ns", "process", "mnt_ns", pa.uint64()),
+    ("pid_ns", "process", "pid_ns", pa.uint64()),
+    ("file_mode", "file", "mode", pa.uint32()),
+    ("file_target", "file", "target", _STR),
+    ("net_protocol", "network", "protocol", _STR),
+    ("net_family", "network", "family", _STR),
+    ("dns_qtype", "dns", "qtype", _STR),
+    ("dns_server", "dns", "server_ip", _STR),
+    ("priv_old_uid", "privilege", "old_uid", pa.int64()),
     ("priv_old_gid", "privilege", "old_gid", pa.int64()),
     ("priv_new_gid", "privilege", "new_gid", pa.int64()),
     ("priv_caps", "privilege", "caps", pa.uint64()),
@@ -147,21 +165,10 @@ _EVENT_FIELDS: list[tuple[str, str, str, pa.DataType]] = [
     ("priv_flags", "privilege", "flags", pa.int64()),
     ("priv_detail", "privilege", "detail", _STR),
     ("priv_result", "privilege", "result", pa.int64()),
-    ("audit_id", "audit", "audit_id", _STR),
     ("audit_stage", "audit", "stage", _STR),
-    ("audit_verb", "audit", "verb", _STR),
-    ("audit_user", "audit", "user", _STR),
-    ("audit_groups", "audit", "groups", _STRS),
     ("audit_impersonated_user", "audit", "impersonated_user", _STR),
-    ("audit_resource", "audit", "resource", _STR),
-    ("audit_subresource", "audit", "subresource", _STR),
     ("audit_api_group", "audit", "api_group", _STR),
-    ("audit_namespace", "audit", "namespace", _STR),
-    ("audit_name", "audit", "name", _STR),
     ("audit_request_uri", "audit", "request_uri", _STR),
-    ("audit_source_ips", "audit", "source_ips", _STRS),
-    ("audit_user_agent", "audit", "user_agent", _STR),
-    ("audit_response_code", "audit", "response_code", pa.int32()),
     ("audit_decision", "audit", "decision", _STR),
 ]
 
@@ -193,6 +200,22 @@ def canonical_raw(event: Event) -> bytes:
     return encode(event)
 
 
+def alias_columns(events: Sequence[Event]) -> dict[str, list[Any]]:
+    """The values the ALIAS columns must show for ``events`` (a test oracle for the table's expressions)."""
+    blocks = _blocks(events)
+    return {c: _col(blocks[b], f, t).to_pylist() for c, b, f, t in EVENT_ALIAS_FIELDS}
+
+
+def _blocks(events: Sequence[Event]) -> dict[str, Sequence[Any]]:
+    blocks: dict[str, Sequence[Any]] = {"": events}
+    for name, empty in _EMPTY_BLOCKS.items():
+        values = list(map(attrgetter(name), events))
+        if name != "workload":
+            values = [empty if v is None else v for v in values]
+        blocks[name] = values
+    return blocks
+
+
 def events_table(events: Sequence[Event], raws: Sequence[bytes] | None = None) -> pa.Table:
     """The Arrow table for ``events``; ``raws`` are their original JSON payloads (kept verbatim, so fields a
     newer sensor added survive) or ``None`` to encode them. Replayed events always get a canonical ``raw``."""
@@ -204,12 +227,7 @@ def events_table(events: Sequence[Event], raws: Sequence[bytes] | None = None) -
     }
     replayed = list(map(attrgetter("replayed"), events))
     columns["replayed"] = pa.array(replayed, type=_BOOL)
-    blocks: dict[str, Sequence[Any]] = {"": events}
-    for name, empty in _EMPTY_BLOCKS.items():
-        values = list(map(attrgetter(name), events))
-        if name != "workload":
-            values = [empty if v is None else v for v in values]
-        blocks[name] = values
+    blocks = _blocks(events)
     for column, block, field, type_ in _EVENT_FIELDS:
         columns[column] = _col(blocks[block], field, type_)
     if raws is None:

@@ -303,7 +303,12 @@ class QueryEndpoint:
                 if request.content_type.startswith("multipart/form-data"):
                     form = await request.post()
                     for name, value in form.items():
-                        params[name] = value if isinstance(value, str) else value.file.read().decode()
+                        if isinstance(value, str):
+                            params[name] = value
+                        elif isinstance(value, (bytes, bytearray)):
+                            params[name] = bytes(value).decode()
+                        else:
+                            params[name] = value.file.read().decode()
                 else:
                     body = _decompress(await request.read(), request.headers.get("Content-Encoding", ""))
             loop = asyncio.get_running_loop()

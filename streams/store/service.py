@@ -8,8 +8,10 @@ of its own (``<app_id>-store``). That also makes the commit rule explicit and si
 
     fetch a batch → insert it (executor thread; blocks, retries while the store is down) → commit its offsets
 
-Offsets are committed only after ClickHouse accepted the batch, never before, and never on shutdown for a
-batch that was not stored (Faust's ``take`` acks its buffer in a ``finally``, which would commit a batch whose
+Up to ``INFLIGHT`` batches are inserted at once (one writer, client and thread each: the engine releases the
+GIL, so two inserts use two cores) while commits stay in fetch order: a batch's offsets are committed once it
+and every batch fetched before it are stored. Offsets are committed only after ClickHouse accepted the batch,
+never before, and never on shutdown for a batch that was not stored (Faust's ``take`` acks its buffer in a ``finally``, which would commit a batch whose
 insert was cancelled). Redelivery after a crash or rebalance is made harmless by :mod:`streams.store.dedup`.
 
 The service also owns the embedded store: with a ``chdb://`` DSN it serves the local read-only query endpoint
@@ -23,6 +25,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +36,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from cadr.config import Settings
+from schemas.codec import split_batch
+from schemas.errors import RecordError
 from streams.store.client import parse_dsn
 from streams.store.dedup import Coord
 from streams.store.endpoint import QueryEndpoint
@@ -45,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: logical topics the store consumes (each maps to its table)
 STORE_TOPICS = ("events", "alerts", "incidents", "profiles")
+
+#: batches inserted concurrently by one service
+INFLIGHT = 2
 
 
 @dataclass
@@ -60,8 +68,14 @@ class StoreStats:
     failed_commits: int = 0
     started: float = field(default_factory=time.monotonic)
     per_topic: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, topic: str, report: WriteReport) -> None:
+        with self._lock:
+            self._add(topic, report)
+
+    def _add(self, topic: str, report: WriteReport) -> None:
+        self.batches += 1
         self.received += report.received
         self.inserted += report.inserted
         self.duplicates += report.duplicates
@@ -69,19 +83,29 @@ class StoreStats:
         self.per_topic[topic] = self.per_topic.get(topic, 0) + report.inserted
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, service: StoreService) -> None:
         self.service = service
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        # Batches are stored and committed before the next poll, so nothing is in flight here.
+        # Hand partitions over clean: finish and commit what is in flight before another owner takes them.
+        await self.service.drain()
         self.service.writer_reset()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.service.writer_reset()
 
 
-class StoreService(Service):  # type: ignore[misc]
+@dataclass
+class _Slot:
+    """One writer with its own client and thread."""
+
+    writer: StoreWriter
+    executor: ThreadPoolExecutor
+    reset_pending: bool = False
+
+
+class StoreService(Service):
     """Consume the store topics and write them to ClickHouse (see the module docstring)."""
 
     def __init__(
@@ -90,43 +114,51 @@ class StoreService(Service):  # type: ignore[misc]
         *,
         topics: Sequence[str] = STORE_TOPICS,
         serve_queries: bool = True,
+        inflight: int = INFLIGHT,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.logical_topics = list(topics)
         self.serve_queries = serve_queries
+        self.inflight = max(1, inflight)
         self.stats = StoreStats()
         self._stop = threading.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cadr-store")
-        self._writer: StoreWriter | None = None
+        self._slots: list[_Slot] = []
+        self._next_slot = 0
+        self._pending: deque[tuple[asyncio.Future[None], dict[TopicPartition, list[Any]]]] = deque()
         self._consumer: AIOKafkaConsumer | None = None
         self._endpoint: QueryEndpoint | None = None
         self._topic_kind = {settings.topic(t): t for t in self.logical_topics}
-        self._reset_pending = False
+        self._stopped_unstored = False
 
     @property
     def group_id(self) -> str:
         return f"{self.settings.worker.app_id}-store"
 
     def writer_reset(self) -> None:
-        self._reset_pending = True
+        for slot in self._slots:
+            slot.reset_pending = True
 
     async def on_start(self) -> None:
         settings = self.settings
         self._stop.clear()
-        self._writer = StoreWriter(
-            settings.store_dsn,
-            database=settings.store.database,
-            consumer=self.group_id,
-            retention_days=settings.store.retention_days,
-            stop=self._stop,
-        )
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._writer.open)
+        for i in range(self.inflight):
+            writer = StoreWriter(
+                settings.store_dsn,
+                database=settings.store.database,
+                consumer=self.group_id,
+                retention_days=settings.store.retention_days,
+                stop=self._stop,
+                migrate=i == 0,
+            )
+            slot = _Slot(writer, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cadr-store-{i}"))
+            await loop.run_in_executor(slot.executor, writer.open)
+            self._slots.append(slot)
         target = parse_dsn(settings.store_dsn)
         if self.serve_queries and target.embedded and target.path:
-            self._endpoint = await loop.run_in_executor(self._executor, self._start_endpoint)
+            self._endpoint = await loop.run_in_executor(None, self._start_endpoint)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka.bootstrap,
             group_id=self.group_id,
@@ -156,24 +188,27 @@ class StoreService(Service):  # type: ignore[misc]
 
     async def on_stop(self) -> None:
         self._stop.set()
+        # In-flight inserts finish (or give up, when the store is down); finished ones are still committed.
+        with contextlib.suppress(Exception):
+            await self.drain()
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
         loop = asyncio.get_running_loop()
         if self._endpoint is not None:
             await loop.run_in_executor(None, self._endpoint.stop)
-        if self._writer is not None:
+        for slot in self._slots:
             with contextlib.suppress(Exception):
-                await loop.run_in_executor(self._executor, self._writer.close)
-        self._executor.shutdown(wait=False)
+                await loop.run_in_executor(slot.executor, slot.writer.close)
+            slot.executor.shutdown(wait=False)
 
-    @Service.task  # type: ignore[misc]
+    @Service.task
     async def _consume(self) -> None:
-        assert self._consumer is not None and self._writer is not None
+        assert self._consumer is not None
         consumer = self._consumer
         store = self.settings.store
         window_ms = max(1, int(store.flush_interval_s * 1000))
-        while not self.should_stop:
+        while not self.should_stop and not self._stopped_unstored:
             try:
                 batch = await self._fetch(consumer, store.batch_size, window_ms)
             except KafkaError as exc:
@@ -181,12 +216,11 @@ class StoreService(Service):  # type: ignore[misc]
                 await self.sleep(1.0)
                 continue
             if not batch:
+                await self.drain()  # idle: nothing should wait for a full pipeline to be committed
                 continue
-            try:
-                await self._store(batch)
-            except StoreUnavailableError:
-                return  # stopping; the batch stays uncommitted and is redelivered to the next owner
-            await self._commit(consumer, batch)
+            self._submit(batch)
+            while len(self._pending) >= self.inflight or (self._pending and self._pending[0][0].done()):
+                await self._complete_oldest()
 
     async def _fetch(
         self, consumer: AIOKafkaConsumer, batch_size: int, window_ms: int
@@ -207,12 +241,9 @@ class StoreService(Service):  # type: ignore[misc]
             got = await consumer.getmany(timeout_ms=remaining_ms, max_records=batch_size - count)
         return out
 
-    async def _store(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        writer = self._writer
-        assert writer is not None
-        if self._reset_pending:
-            self._reset_pending = False
-            writer.reset_horizons()
+    def _submit(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        slot = self._slots[self._next_slot % len(self._slots)]
+        self._next_slot += 1
         by_kind: dict[str, tuple[list[bytes], list[Coord]]] = {}
         for tp, records in batch.items():
             kind = self._topic_kind[tp.topic]
@@ -220,16 +251,55 @@ class StoreService(Service):  # type: ignore[misc]
             for r in records:
                 if r.value is None:
                     continue
+                coord = Coord(tp.topic, tp.partition, r.offset)
+                if kind == "events" and r.value[:1] == b"[":
+                    # an event batch (JSON array, see schemas.codec): one payload per event,
+                    # all at the record's offset
+                    try:
+                        parts = split_batch(r.value)
+                    except RecordError:
+                        parts = [r.value]  # the writer reports it as undecodable
+                    payloads.extend(parts)
+                    coords.extend([coord] * len(parts))
+                    continue
                 payloads.append(r.value)
-                coords.append(Coord(tp.topic, tp.partition, r.offset))
+                coords.append(coord)
         loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(slot.executor, self._write, slot, by_kind)
+        self._pending.append((future, batch))
+
+    def _write(self, slot: _Slot, by_kind: dict[str, tuple[list[bytes], list[Coord]]]) -> None:
+        # Runs on the slot's thread: a writer is only ever used by its own thread.
+        writer = slot.writer
+        if slot.reset_pending:
+            slot.reset_pending = False
+            writer.reset_horizons()
         for kind, (payloads, coords) in by_kind.items():
             if kind == "events":
-                report = await loop.run_in_executor(self._executor, writer.write_events, payloads, coords)
+                report = writer.write_events(payloads, coords)
             else:
-                report = await loop.run_in_executor(self._executor, writer.write_records, kind, payloads)
+                report = writer.write_records(kind, payloads)
             self.stats.add(kind, report)
-        self.stats.batches += 1
+
+    async def _complete_oldest(self) -> None:
+        future, batch = self._pending[0]
+        try:
+            await future
+        except StoreUnavailableError:
+            # Stopping while the store is down: this batch and every later one stay uncommitted (redelivered).
+            self._stopped_unstored = True
+            for other, _ in self._pending:
+                other.cancel()
+            self._pending.clear()
+            return
+        self._pending.popleft()
+        assert self._consumer is not None
+        await self._commit(self._consumer, batch)
+
+    async def drain(self) -> None:
+        """Wait for every in-flight batch and commit the stored ones, in order."""
+        while self._pending and not self._stopped_unstored:
+            await self._complete_oldest()
 
     async def _commit(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 
 from cadr.kafka_local import LocalKafka
 from cadr.topics import ensure_topics
-from schemas.codec import decode_event
+from schemas.codec import decode_events, split_batch
 from sensors.audit.sink import KafkaSink
 from sensors.audit.tailer import AuditLogTailer
 from tests.sensors.audit_fixtures import (
@@ -51,7 +51,8 @@ async def _consume(
     out: list[tuple[bytes, bytes]] = []
     deadline = time.monotonic() + timeout_s
     try:
-        while len(out) < want and time.monotonic() < deadline:
+        # ``want`` counts events: a record may hold a JSON array of several
+        while sum(len(split_batch(v)) for _, v in out) < want and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 out.extend((r.key or b"", r.value or b"") for r in records)
@@ -100,12 +101,12 @@ async def test_falco_corpus_through_the_tls_webhook_into_kafka(
     assert statuses.pop("fal_01_003.json") == 400
     assert set(statuses.values()) == {200}
     raw = await _consume(kafka_broker.bootstrap, f"{topic_prefix}raw", 51)
-    events = [decode_event(v) for _, v in raw]
+    events = [e for _, v in raw for e in decode_events(v)]
     # 51 events; two pairs of trace files are edited copies sharing an auditID (so 49 distinct ids)
     assert len(events) == 51 and len({e.event_id for e in events}) == 49
-    assert all(
-        e.audit is not None and k == e.audit.audit_id.encode() for (k, _), e in zip(raw, events, strict=True)
-    )
+    # records fold runs of events into JSON arrays; a record's key is its first event's audit id
+    firsts = [decode_events(v)[0] for _, v in raw]
+    assert all(e.audit is not None and k == e.audit.audit_id.encode() for (k, _), e in zip(raw, firsts, strict=True))
     assert min(e.time for e in events) < 1_600_000_000 * 10**9  # 2018 events are stored, not dropped
     dlq = await _consume(kafka_broker.bootstrap, f"{topic_prefix}dlq", 1)
     assert len(dlq) == 1 and b"data not recognized" in dlq[0][1]
@@ -140,7 +141,7 @@ async def test_kafka_down_is_503_and_nothing_answered_200_is_lost(tmp_path: Path
             assert status == 200, body
             answered_200 |= {f"k-{i:06d}" for i in range(100, 200)}
         stored = await _consume(kafka.bootstrap, "down.raw", 200)
-        stored_ids = {k.decode() for k, _ in stored}
+        stored_ids = {e.audit.audit_id for _, v in stored for e in decode_events(v)}  # type: ignore[union-attr]
         assert answered_200 <= stored_ids
     finally:
         kafka.close()
@@ -178,5 +179,5 @@ async def test_tailer_delivers_each_line_once_across_restart_and_rotation(
     second.close()
     await second.sink.stop()
     stored = await _consume(kafka_broker.bootstrap, f"{topic_prefix}raw", 260)
-    ids = [k.decode() for k, _ in stored]
+    ids = [e.audit.audit_id for _, v in stored for e in decode_events(v)]  # type: ignore[union-attr]
     assert len(ids) == 260 and set(ids) == {f"k-{i:06d}" for i in range(260)}

@@ -82,9 +82,13 @@ def hdr(rtype: int, size: int, **kw: object) -> tuple:
     return tuple(h.values())
 
 
-def make_decoder(node: str = NODE, workload: Workload = WL, offset: int = 1_700_000_000_000_000_000) -> Decoder:
+def make_decoder(
+    node: str = NODE, workload: Workload = WL, offset: int = 1_700_000_000_000_000_000
+) -> Decoder:
     cgroups: list = []
-    return Decoder(node, FixedClock(offset), lambda cg, v1: (workload, KEY, None), on_cgroup=lambda *a: cgroups.append(a))
+    return Decoder(
+        node, FixedClock(offset), lambda cg, v1: (workload, KEY, None), on_cgroup=lambda *a: cgroups.append(a)
+    )
 
 
 def assert_same(lib, records: list[bytes], **kw: object) -> None:  # type: ignore[no-untyped-def]
@@ -118,7 +122,16 @@ V6 = socket.inet_pton(socket.AF_INET6, "2001:db8::7")
 def open_rec(path: bytes, flags: int = 0o2, **kw: object) -> bytes:
     return (
         layout.OPEN.pack(
-            *hdr(layout.T_OPEN, layout.OPEN.size + len(path), **kw), flags, 0o100600, 4, len(path), 1, 0, 1, 2, 3
+            *hdr(layout.T_OPEN, layout.OPEN.size + len(path), **kw),
+            flags,
+            0o100600,
+            4,
+            len(path),
+            1,
+            0,
+            1,
+            2,
+            3,
         )
         + path
     )
@@ -167,7 +180,7 @@ def test_every_hot_kind_is_byte_identical(lib) -> None:  # type: ignore[no-untyp
         exec_rec(b"/usr/bin/curl", b"/tmp", b"curl\0-s\0http://x\0", 0x3, b"/usr/bin/curl"),
         exec_rec(b"/memfd:x", b"", b"a\xff\0\0", layout.EXEC_EXE_DELETED | layout.EXEC_STDOUT_SOCK),
         exec_rec(b"", b"", b"", layout.EXEC_EXE_DELETED),
-        exec_rec(b"/bin/sh", b"/", b"sh\0-c\0echo \"$0\"\t\\\0\0", layout.EXEC_TTY, uid=0, ppid=0),
+        exec_rec(b"/bin/sh", b"/", b'sh\0-c\0echo "$0"\t\\\0\0', layout.EXEC_TTY, uid=0, ppid=0),
         exec_rec(b"/bin/x", b"/", b"\0", 0),
         exec_rec(b"/bin/x", b"/", b"".join(b"a%d\0" % i for i in range(1100)), 0),  # argv past 1024
     ]
@@ -181,7 +194,8 @@ def test_rare_kinds_and_malformed_records_take_the_python_path(lib) -> None:  # 
     records = [
         dns_rec("evil.example"),
         layout.PRIV.pack(*hdr(layout.T_PRIV, layout.PRIV.size), 1, 0, 0, 0, 0, 0, 0, 1000, 0, 1000, 0, 0, 0),
-        layout.CGROUP.pack(*hdr(layout.T_CGROUP_MKDIR, layout.CGROUP.size + len(path)), 77, 0, len(path), 0) + path,
+        layout.CGROUP.pack(*hdr(layout.T_CGROUP_MKDIR, layout.CGROUP.size + len(path)), 77, 0, len(path), 0)
+        + path,
         open_rec(b"/etc/passwd")[:-3],  # path_len runs past the record
         exec_rec(b"/bin/ls", b"/", b"ls\0")[:-2],
         b"\x63\x00" + b"\0" * 200,  # unknown type
@@ -193,9 +207,9 @@ def test_rare_kinds_and_malformed_records_take_the_python_path(lib) -> None:  # 
 def test_random_strings_are_byte_identical(lib) -> None:  # type: ignore[no-untyped-def]
     """Paths, comms and argv of random bytes biased to the hard cases."""
     rng = random.Random(1234)
-    alphabet = [b"a", b"/", b'"', b"\\", b"\x00", b"\x01", b"\x1f", b"\x7f", b"\n", "é".encode(), "€".encode()]
-    alphabet += ["😀".encode(), b"\x80", b"\xbf", b"\xc0", b"\xc2", b"\xe0", b"\xe0\xa0", b"\xed\xa0", b"\xef\xbf"]
-    alphabet += [b"\xf0\x90", b"\xf4\x90", b"\xf5", b"\xff", b"\xe2\x82\xac"]
+    # ASCII, escapes, well-formed multi-byte, and ill-formed starts, tails and truncations
+    alphabet = b'a / " \\ \x00 \x01 \x1f \x7f \n \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80'.split(b" ")
+    alphabet += b"\x80 \xbf \xc0 \xc2 \xe0 \xe0\xa0 \xed\xa0 \xef\xbf \xf0\x90 \xf4\x90 \xf5 \xff".split(b" ")
 
     def junk(n: int) -> bytes:
         return b"".join(rng.choice(alphabet) for _ in range(n))
@@ -205,7 +219,9 @@ def test_random_strings_are_byte_identical(lib) -> None:  # type: ignore[no-unty
         comm = junk(rng.randint(0, 8))[:15].ljust(16, b"\0")
         records.append(open_rec(junk(rng.randint(0, 40)).replace(b"\0", b""), comm=comm))
         args = b"\0".join(junk(rng.randint(0, 6)) for _ in range(rng.randint(0, 4)))
-        records.append(exec_rec(junk(rng.randint(0, 10)), junk(rng.randint(0, 10)), args, rng.randint(0, 127), comm=comm))
+        records.append(
+            exec_rec(junk(rng.randint(0, 10)), junk(rng.randint(0, 10)), args, rng.randint(0, 127), comm=comm)
+        )
     assert_same(lib, records)
 
 
@@ -228,6 +244,24 @@ def test_workload_answers_expire_and_follow_the_attribution(lib) -> None:  # typ
     gen[0] += 1  # ... the attribution changes
     assert decode_event(fmt.format_one(raw).items()[0][0]).workload.pod == "moved"
     fmt.close()
+
+
+def test_cached_process_blocks_follow_thread_and_clock(lib) -> None:  # type: ignore[no-untyped-def]
+    """Both sides cache per-process JSON: a second thread of a process (only the tid
+    differs) and a recalibrated boot clock must not reuse a stale block."""
+    py, c = make_decoder(), make_decoder()
+    fmt = NativeFormatter(lib, c)
+    try:
+        for tid, offset in ((101, 10**18), (102, 10**18), (101, 10**18), (101, 10**18 + 5)):
+            py.clock.offset = c.clock.offset = offset
+            raw = open_rec(b"/tmp/t", tid=tid)
+            want = py.decode_json(memoryview(raw), 0, len(raw))
+            got = fmt.format_one(raw).items()[0]
+            assert got == want
+            ev = decode_event(got[0])
+            assert ev.process.tid == tid and ev.process.start_time == 900 + offset
+    finally:
+        fmt.close()
 
 
 # -- the ring walk, on a ring laid out as the kernel maps it ------------------------------
@@ -308,13 +342,16 @@ def test_ring_walk_order_wrap_busy_discard(lib, fake_ring: FakeRing) -> None:  #
                 if i % 13 == 5:
                     rec = dns_rec(f"q{seq}.example")
                 elif i % 17 == 3:
-                    rec = layout.CGROUP.pack(
-                        *hdr(layout.T_CGROUP_MKDIR, layout.CGROUP.size + len(cg_path), seq=seq),
-                        seq,
-                        0,
-                        len(cg_path),
-                        0,
-                    ) + cg_path
+                    rec = (
+                        layout.CGROUP.pack(
+                            *hdr(layout.T_CGROUP_MKDIR, layout.CGROUP.size + len(cg_path), seq=seq),
+                            seq,
+                            0,
+                            len(cg_path),
+                            0,
+                        )
+                        + cg_path
+                    )
                 elif i % 3 == 0:
                     rec = exec_rec(b"/bin/x%d" % seq, b"/", b"x\0%d\0" % seq, seq=seq)
                 else:
@@ -326,7 +363,7 @@ def test_ring_walk_order_wrap_busy_discard(lib, fake_ring: FakeRing) -> None:  #
             busy_rec = open_rec(b"/tmp/busy%d" % round_, seq=10_000 + round_)
             busy_pos = fake_ring.add(busy_rec, BUSY)
             fake_ring.publish()
-            batch, consumed, more = consumer.drain(1 << 20)
+            batch, _, more = consumer.drain(1 << 20)
             assert not more
             want = []
             for rec, flags in batch_records:
@@ -342,7 +379,9 @@ def test_ring_walk_order_wrap_busy_discard(lib, fake_ring: FakeRing) -> None:  #
             fake_ring.set_flags(busy_pos, 0)
             fake_ring.publish()
             batch, _, _ = consumer.drain(1 << 20)
-            assert [v for v, *_ in batch.items()] == [ref.decode_json(memoryview(busy_rec), 0, len(busy_rec))[0]]
+            assert [v for v, *_ in batch.items()] == [
+                ref.decode_json(memoryview(busy_rec), 0, len(busy_rec))[0]
+            ]
             assert fake_ring.cons == fake_ring.prod
         assert fake_ring.prod > 2 * fake_ring.size  # it did wrap
         assert len(cgroups) == ROUNDS * 3  # the cgroup records reached Python, once each
@@ -360,7 +399,9 @@ def test_ring_walk_budget_and_full_output(lib, fake_ring: FakeRing) -> None:  # 
     fake_ring.publish()
     # a budget of ~10 records per call, then an output buffer that holds ~10 lines
     consumer = NativeConsumer(lib, dec, memoryview(fake_ring.mm), fake_ring.fd, fake_ring.size)
-    small = NativeConsumer(lib, make_decoder(offset=0), memoryview(fake_ring.mm), fake_ring.fd, fake_ring.size, out_bytes=8 << 10)
+    small = NativeConsumer(
+        lib, make_decoder(offset=0), memoryview(fake_ring.mm), fake_ring.fd, fake_ring.size, out_bytes=8 << 10
+    )
     try:
         got = []
         step = (len(records[0]) + 8 + 7) & ~7  # header, 8-byte alignment
@@ -426,5 +467,51 @@ def test_records_captured_from_the_kernel_are_byte_identical(lib, tmp_path: Path
         assert need <= kinds, f"kinds seen: {sorted(kinds)}"
         assert any(b"\xff\xfe" in r for r in captured)  # the ill-formed path made it
         assert_same(lib, captured)
+    finally:
+        probe.close()
+
+
+@pytest.mark.ebpf
+def test_live_sensor_streams_through_the_native_consumer(
+    lib, live_sensor, make_container, workdir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The module's live sensor (a JSON sink) reads the ring with the C consumer, and a
+    container's events come out attributed to its workload."""
+    assert live_sensor.sensor.native is not None
+    ctr = make_container("native")
+    target = workdir / "native.txt"
+    ctr.run(["/bin/sh", "-c", f"echo cadr-native > {target}"])
+    [ev] = live_sensor.wait_for(lambda ev: ev.kind == "file_open" and ev.file.path == str(target))
+    assert ev.workload.pod == ctr.workload.pod and ev.process.comm == "sh"
+    health = live_sensor.wait_for(lambda ev: ev.kind == "sensor_health", count=2)
+    assert health[-1].health.detail["consumer"] == "native"
+
+
+@pytest.mark.ebpf
+def test_a_backlog_past_wakeup_bytes_wakes_the_consumer(tmp_path: Path) -> None:
+    """Records go in without a wake-up; the one that takes the backlog across
+    wakeup_bytes forces one, so a sleeping consumer is woken by a burst (not only by its
+    timer). The ring's epoll is edge-triggered: readable only after a forced wake-up."""
+    from sensors.ebpf.loader import Probe, ProbeConfig
+
+    tmp_path.chmod(0o755)
+    probe = Probe(ProbeConfig(wakeup_bytes=64 << 10, ring_bytes=4 << 20))
+    try:
+        while probe.ring.drain(lambda *a: None, 1 << 24)[2]:
+            pass
+        probe.ring.clear_wakeup()
+        target = tmp_path / "burst"
+        target.write_text("")
+        # ~2000 write-opens: ~350 KB of records, several times the threshold
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import os\nfor _ in range(2000): os.close(os.open({str(target)!r}, os.O_WRONLY))",
+            ],
+            check=True,
+            timeout=60,
+        )
+        assert probe.ring.epoll.poll(10), "no forced wake-up although the backlog passed wakeup_bytes"
     finally:
         probe.close()

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.codec import decode_event
+from schemas.codec import decode_event, decode_events, split_batch
 from schemas.records import Event, EventKind, Process, Workload
 from sensors.publisher import Publisher
 from sensors.spool import Spool
@@ -122,7 +122,8 @@ class FakeBroker:
         out: dict[bytes | None, list[bytes]] = defaultdict(list)
         for part in sorted(self.log):
             for key, value, _ in self.log[part]:
-                out[key].append(value)
+                # a record is one event or a JSON array of one key's events (batch framing)
+                out[key].extend(split_batch(value))
         return out
 
 
@@ -258,7 +259,7 @@ async def consume_all(
         while len(out) < expect and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
             for msgs in batches.values():
-                out.extend((m.key, decode_event(m.value)) for m in msgs)
+                out.extend((m.key, e) for m in msgs for e in decode_events(m.value))
     finally:
         await consumer.stop()
     return out

@@ -19,12 +19,18 @@ from cadr.topics import ensure_topics
 __all__ = ["StoreWorker", "produce", "store_settings", "store_worker"]
 
 
-def produce(bootstrap: str, topic: str, values: Sequence[bytes], *, partitions_by_workload: bool = True) -> None:
+def produce(
+    bootstrap: str, topic: str, values: Sequence[bytes], *, partitions_by_workload: bool = True
+) -> None:
     """Publish ``values`` keyed by their workload (as the pipeline does), waiting for every ack."""
 
     async def run() -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20, compression_type="lz4"
+            bootstrap_servers=bootstrap,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            compression_type="lz4",
         )
         await producer.start()
         try:
@@ -63,7 +69,9 @@ class StoreWorker:
         self.child: ChildProcess | None = None
 
     def start(self) -> StoreWorker:
-        asyncio.run(ensure_topics(self.settings.kafka.bootstrap, self.settings.kafka.topic_prefix, partitions=2))
+        asyncio.run(
+            ensure_topics(self.settings.kafka.bootstrap, self.settings.kafka.topic_prefix, partitions=2)
+        )
         self.child = spawn_cadr(self.name, ["worker", "--agents", "store"], self.settings)
         return self
 
@@ -83,7 +91,9 @@ class StoreWorker:
         if self.child is not None:
             self.child.stop()
 
-    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
+    def wait_until(
+        self, predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():

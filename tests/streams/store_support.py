@@ -50,7 +50,9 @@ def event(event_id: str, t: int = 1_790_000_000_000_000_000, **blocks: Any) -> E
         "node": "n1",
         "source": "test",
         "kind": "file_open",
-        "workload": Workload(cluster="c", namespace="ns", pod="p", workload_name="w", workload_kind="Deployment"),
+        "workload": Workload(
+            cluster="c", namespace="ns", pod="p", workload_name="w", workload_kind="Deployment"
+        ),
         "process": Process(pid=10, exe="/bin/cat", args=["cat", "/etc/shadow"], exec_id="e1"),
         "file": File(path="/etc/shadow"),
     }

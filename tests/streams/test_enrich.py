@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from schemas.codec import decode, decode_event, encode
+from schemas.codec import decode, decode_events, encode, encode_batch
 from schemas.records import DeadLetter, Event, EventKind, Network, Workload
 from streams.enrich import Enricher
 
@@ -51,7 +51,7 @@ def test_events_are_keyed_by_workload_and_filled_in() -> None:
     en = Enricher(cluster="prod", max_record_bytes=1 << 20, lookup=StaticLookup({"abc": wl}))
     out = en.process([_raw(workload={"container_id": "abc"})])
     key, value = out.events[0]
-    event = decode_event(value)
+    (event,) = decode_events(value)
     assert key == b"prod/shop/Deployment/cart"
     assert event.enriched and event.workload.pod == "cart-1" and event.workload.container_id == "abc"
     assert event.workload.cluster == "prod"
@@ -79,3 +79,18 @@ def test_connection_learns_peer_workload_from_pod_ips() -> None:
     out = en.process([encode(db), encode(web)])
     assert out.decoded[1].network is not None
     assert out.decoded[1].network.peer_workload == "c/db/StatefulSet/db"
+
+
+def test_batches_are_split_validated_per_element_and_regrouped_by_workload() -> None:
+    a = Event(event_id="a1", time=1, source="ebpf", kind=EventKind.PROCESS_EXEC, workload=Workload(namespace="x", pod="a"))
+    b = Event(event_id="b1", time=2, source="ebpf", kind=EventKind.PROCESS_EXEC, workload=Workload(namespace="x", pod="b"))
+    a2 = Event(event_id="a2", time=3, source="ebpf", kind=EventKind.PROCESS_EXEC, workload=Workload(namespace="x", pod="a"))
+    bad = b'{"event_id": 5, "time": 1, "source": "ebpf", "kind": "process_exec"}'
+    value = encode_batch([a, b])[:-1] + b"," + bad + b"," + encode(a2) + b"]"
+    en = Enricher(cluster="c", max_record_bytes=1 << 20)
+    out = en.process([value, b"[1, 2"], [("raw", 0, 7), ("raw", 0, 8)])
+    by_key = {k: [e.event_id for e in decode_events(v)] for k, v in out.events}
+    assert by_key == {b"c/x/Pod/a": ["a1", "a2"], b"c/x/Pod/b": ["b1"]}
+    letters = [decode(v, DeadLetter) for _, v in out.dead]
+    assert "element 2 of the batch" in letters[0].reason and "$.event_id" in letters[0].reason
+    assert letters[0].offset == 7 and letters[1].offset == 8 and "invalid JSON" in letters[1].reason

@@ -111,10 +111,16 @@ def test_replay_into_the_live_store_adds_nothing(
         capture_from_store(reader, ALL, capture)
     # a worker owning the live store, consuming the topic the replay publishes to
     with store_worker(kafka_broker.bootstrap, topic_prefix, Path(live.data_dir)) as worker:
-        replay_sync(read_capture(capture), bootstrap=kafka_broker.bootstrap, topic=topic_prefix + "events", rate=0)
+        replay_sync(
+            read_capture(capture), bootstrap=kafka_broker.bootstrap, topic=topic_prefix + "events", rate=0
+        )
         # a marker published after the replay: once it is stored, the replay has been fully processed
         marker = payloads(3001, attack_at=None)[-1]
-        produce(kafka_broker.bootstrap, topic_prefix + "events", [marker.replace(b'"event_id":"', b'"event_id":"zz-')])
+        produce(
+            kafka_broker.bootstrap,
+            topic_prefix + "events",
+            [marker.replace(b'"event_id":"', b'"event_id":"zz-')],
+        )
         worker.wait_until(lambda: len(_stored(worker.settings, 2)) >= 3001, 180, "the marker event")
         with open_reader(worker.settings) as reader:
             ((total, distinct),) = reader.rows("SELECT count(), uniqExact(event_id) FROM cadr.events")
@@ -141,3 +147,40 @@ def test_capture_from_a_topic(kafka_broker: Any, topic_prefix: str, tmp_path: Pa
         e = orjson.loads(line)
         by_workload.setdefault(e["workload"].get("workload_name", ""), []).append(e["time"])
     assert all(times == sorted(times) for times in by_workload.values())
+
+
+@pytest.mark.kafka
+def test_capture_and_replay_commands(
+    kafka_broker: Any, topic_prefix: str, live: Settings, tmp_path: Path
+) -> None:
+    """`cadr capture` from the store, `cadr replay` of the file and of a store selection, as a user runs them."""
+    import subprocess
+    import sys
+
+    from cadr.runtime import ensure_topics_sync, settings_env
+
+    live.kafka.bootstrap = kafka_broker.bootstrap
+    live.kafka.topic_prefix = topic_prefix
+    live.kafka.partitions = 2
+    ensure_topics_sync(live)
+    env = settings_env(live)
+
+    def cadr(*args: str) -> subprocess.CompletedProcess[bytes]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cadr.cli", *args], env=env, capture_output=True, timeout=180, check=False
+        )
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        return proc
+
+    capture = tmp_path / "shop.jsonl.zst"
+    out = cadr("capture", str(capture), "--since", "1970-01-01", "--namespace", "shop")
+    assert b"wrote" in out.stderr
+    shop = list(read_capture(capture))
+    assert shop and all(orjson.loads(v)["workload"]["namespace"] == "shop" for v in shop)
+    cadr("replay", str(capture), "--rate", "5000")
+    cadr("replay", "--from-store", "--since", "1970-01-01", "--kind", "process_exec", "--topic", "events")
+    raw = capture_from_topic(kafka_broker.bootstrap, topic_prefix + "raw", tmp_path / "raw.jsonl")
+    assert raw == len(shop)
+    assert all(decode_event(v).replayed for v in read_capture(tmp_path / "raw.jsonl"))
+    n_exec = capture_from_topic(kafka_broker.bootstrap, topic_prefix + "events", tmp_path / "ev.jsonl")
+    assert n_exec == sum(1 for v in payloads(3000) if orjson.loads(v)["kind"] == "process_exec")

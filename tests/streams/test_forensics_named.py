@@ -77,7 +77,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         first_seen=0,
         last_seen=0,
         workloads=[Workload(namespace=ATTACK.namespace, workload_name=ATTACK.workload)],
-        timeline=[TimelineEntry(time=0, event_id="attack-2", kind="process_exec", text="bash", node_id="attack-shell")],
+        timeline=[
+            TimelineEntry(
+                time=0, event_id="attack-2", kind="process_exec", text="bash", node_id="attack-shell"
+            )
+        ],
     )
     values = payloads(4000)
     times = {orjson.loads(v)["event_id"]: orjson.loads(v)["time"] for v in values}
@@ -115,12 +119,18 @@ def test_pod_activity(store: Settings) -> None:
 
 def test_exec_sessions(store: Settings) -> None:
     rows = _named(store, "exec_sessions", **ALL_TIME)
-    assert [(r["user"], r["action"], r["namespace"]) for r in rows] == [(ATTACK.user, "exec", ATTACK.namespace)]
+    assert [(r["user"], r["action"], r["namespace"]) for r in rows] == [
+        (ATTACK.user, "exec", ATTACK.namespace)
+    ]
 
 
 def test_service_account_calls(store: Settings) -> None:
     rows = _named(
-        store, "service_account_calls", namespace=ATTACK.namespace, service_account=f"{ATTACK.workload}-sa", **ALL_TIME
+        store,
+        "service_account_calls",
+        namespace=ATTACK.namespace,
+        service_account=f"{ATTACK.workload}-sa",
+        **ALL_TIME,
     )
     assert any(r["event_id"] == "attack-8" and r["resource"] == "secrets" for r in rows)
     assert all(r["event_id"].startswith(("audit-", "attack-")) for r in rows)
@@ -128,7 +138,10 @@ def test_service_account_calls(store: Settings) -> None:
 
 def test_connections_to_a_domain_and_an_ip(store: Settings) -> None:
     by_domain = _named(store, "connections_to", target=ATTACK.c2_domain, **ALL_TIME)
-    assert [(r["kind"], r["event_id"]) for r in by_domain] == [("dns_query", "attack-6"), ("net_connect", "attack-7")]
+    assert [(r["kind"], r["event_id"]) for r in by_domain] == [
+        ("dns_query", "attack-6"),
+        ("net_connect", "attack-7"),
+    ]
     by_ip = _named(store, "connections_to", target=ATTACK.c2_ip, **ALL_TIME)
     assert [r["event_id"] for r in by_ip] == ["attack-7"]
 
@@ -173,7 +186,10 @@ def test_injection_through_named_parameters_is_inert(store: Settings, value: str
 
 def test_parameters_are_values_even_in_free_sql(store: Settings) -> None:
     out = run_query(
-        store, "SELECT count() AS n FROM events WHERE namespace = {ns:String}", params={"ns": "shop' OR '1'='1"}, fmt="jsonl"
+        store,
+        "SELECT count() AS n FROM events WHERE namespace = {ns:String}",
+        params={"ns": "shop' OR '1'='1"},
+        fmt="jsonl",
     )
     assert int(orjson.loads(out)["n"]) == 0
 

@@ -62,13 +62,15 @@ def test_the_engine_itself_refuses_writes_on_a_readonly_handle(store: Settings) 
     """Server-side proof without cadr's statement check: a readonly handle refuses every write."""
     with client_for(store.store_dsn, readonly=True, database="cadr") as client:
         for sql in WRITES:
-            with pytest.raises(Exception, match="READONLY|readonly"):
+            with pytest.raises(Exception, match=r"READONLY|readonly"):
                 client.command(sql)
         assert client.query("SELECT count() FROM events").result_rows == [(200,)]
 
 
 @pytest.mark.parametrize("sql", WRITES + SYSTEM)
-def test_cadr_query_refuses_writes_ddl_and_system_on_the_directory(store: Settings, sql: str, tmp_path: Path) -> None:
+def test_cadr_query_refuses_writes_ddl_and_system_on_the_directory(
+    store: Settings, sql: str, tmp_path: Path
+) -> None:
     with pytest.raises(QueryError):
         run_query(store, sql)
     assert _count(store) == 200
@@ -82,7 +84,7 @@ def test_cadr_query_refuses_writes_through_a_server(tmp_path: Path) -> None:
             writer.write_events(payloads(50))
         settings = _settings(tmp_path, server.dsn)
         for sql in WRITES[:5] + SYSTEM[:1]:
-            with pytest.raises(QueryError, match="READONLY|readonly|read-only"):
+            with pytest.raises(QueryError, match=r"READONLY|readonly|read-only"):
                 run_query(settings, sql)
         assert run_query(settings, "SELECT count() FROM events", fmt="csv") == b'"count()"\n50\n'
     finally:
@@ -93,7 +95,7 @@ def test_output_formats(store: Settings) -> None:
     sql = "SELECT event_id, args FROM events WHERE event_id = 'attack-2'"
     assert b"attack-2" in run_query(store, sql, fmt="table")
     assert run_query(store, sql, fmt="jsonl") == b'{"event_id":"attack-2","args":["bash","-i"]}\n'
-    assert run_query(store, sql, fmt="csv") == b"\"event_id\",\"args\"\n\"attack-2\",\"['bash','-i']\"\n"
+    assert run_query(store, sql, fmt="csv") == b'"event_id","args"\n"attack-2","[\'bash\',\'-i\']"\n'
     import io
 
     import pyarrow.parquet as pq
@@ -106,6 +108,9 @@ def test_output_formats(store: Settings) -> None:
 
 def test_server_bound_parameters_in_free_sql(store: Settings) -> None:
     out = run_query(
-        store, "SELECT count() AS n FROM events WHERE event_id = {id:String}", params={"id": "attack-2"}, fmt="jsonl"
+        store,
+        "SELECT count() AS n FROM events WHERE event_id = {id:String}",
+        params={"id": "attack-2"},
+        fmt="jsonl",
     )
     assert int(orjson.loads(out)["n"]) == 1

@@ -27,6 +27,7 @@ from streams.store.columns import (
     INCIDENT_COLUMNS,
     PROFILE_COLUMNS,
     alerts_table,
+    alias_columns,
     canonical_raw,
     events_table,
     incidents_table,
@@ -56,7 +57,8 @@ def test_absent_blocks_read_as_column_defaults() -> None:
     n = net_event("b")
     table = events_table([e, n])
     assert _col(table, "file_path") == ["", ""]
-    assert _col(table, "net_protocol") == ["", "tcp"]  # the Network defaults apply only where a block exists
+    # the Network defaults apply only where a block exists (net_protocol is computed from raw at query time)
+    assert alias_columns([e, n])["net_protocol"] == ["", "tcp"]
     assert _col(table, "dst_port") == [0, 443]
     assert _col(table, "uid") == [-1, -1]  # Process.uid default: unknown
     assert _col(table, "exit_code") == [None, None]
@@ -82,8 +84,7 @@ def test_replayed_events_keep_a_canonical_raw() -> None:
 
 def test_workload_labels_become_a_map() -> None:
     e = event("l", workload=Workload(namespace="ns", pod="p", labels={"app": "web", "tier": "front"}))
-    table = events_table([e])
-    assert dict(_col(table, "labels")[0]) == {"app": "web", "tier": "front"}
+    assert dict(alias_columns([e])["labels"][0]) == {"app": "web", "tier": "front"}
 
 
 def _incident(revision: int) -> Incident:
@@ -95,10 +96,14 @@ def _incident(revision: int) -> Incident:
         summary="someone ran a shell",
         first_seen=1,
         last_seen=2,
-        workloads=[Workload(cluster="c", namespace="shop", pod="p1", workload_name="api", workload_kind="Deployment")],
+        workloads=[
+            Workload(cluster="c", namespace="shop", pod="p1", workload_name="api", workload_kind="Deployment")
+        ],
         actors=[Actor(kind="user", name="mallory")],
         alerts=[
-            AlertRef(alert_id="a1", rule_id="R1", rule_name="shell", severity=Severity.HIGH, time=1, message="m")
+            AlertRef(
+                alert_id="a1", rule_id="R1", rule_name="shell", severity=Severity.HIGH, time=1, message="m"
+            )
         ],
         timeline=[TimelineEntry(time=1, event_id="e1", kind="process_exec", text="bash", node_id="x1")],
         edges=[Edge(src="x0", dst="x1", kind="parent_child")],
@@ -132,7 +137,9 @@ def test_alert_and_profile_columns() -> None:
     assert table.column_names == ALERT_COLUMNS
     assert _col(table, "event_id") == ["e1"]
     assert _col(table, "exec_id") == ["e1"]
-    profile = Profile(workload_key="c/ns/Deployment/w", execs={"/bin/sh": ["/usr/bin/python3"]}, listen_ports=[80])
+    profile = Profile(
+        workload_key="c/ns/Deployment/w", execs={"/bin/sh": ["/usr/bin/python3"]}, listen_ports=[80]
+    )
     ptable = profiles_table([profile])
     assert ptable.column_names == PROFILE_COLUMNS
     assert dict(_col(ptable, "execs")[0]) == {"/bin/sh": ["/usr/bin/python3"]}

@@ -32,7 +32,9 @@ def test_apply_twice_is_a_no_op_and_retention_follows_settings(tmp_path: Path) -
         applied = apply_migrations(client, "cadr", 30)
         assert applied == [m.version for m in load_migrations()]
         assert apply_migrations(client, "cadr", 30) == []
-        tables = {r[0] for r in client.query("SELECT name FROM system.tables WHERE database = 'cadr'").result_rows}
+        tables = {
+            r[0] for r in client.query("SELECT name FROM system.tables WHERE database = 'cadr'").result_rows
+        }
         assert {"events", "alerts", "incidents", "profiles", "incidents_latest", "sink_log"} <= tables
 
         def ttl(table: str) -> str:

@@ -37,7 +37,9 @@ def test_writer_blocks_through_an_http_outage_then_stores_everything_once(tmp_pa
         writer.write_events(values[:1000], coords(1000))
         server.stop()
         result: list[WriteReport] = []
-        thread = threading.Thread(target=lambda: result.append(writer.write_events(values[1000:], coords(2000, start=1000))))
+        thread = threading.Thread(
+            target=lambda: result.append(writer.write_events(values[1000:], coords(2000, start=1000)))
+        )
         thread.start()
         _wait(lambda: writer.failures >= 3, 60, "the writer to hit the outage")
         assert thread.is_alive(), "the write returned while the store was down"
@@ -60,7 +62,7 @@ class _LostAnswer:
 
     def insert_arrow(self, table: str, data: Any, **kw: Any) -> Any:
         result = self._client.insert_arrow(table, data, **kw)
-        if table.endswith(".events") and self.lost == 0:
+        if table.endswith((".events", ".events_ingest")) and self.lost == 0:
             self.lost += 1
             raise OperationalError("connection reset by peer after the request was sent")
         return result

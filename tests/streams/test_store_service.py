@@ -25,7 +25,9 @@ def _counts(settings: Any) -> tuple[int, int]:
         return int(total), int(distinct)
 
 
-def test_worker_stores_events_and_serves_read_only_queries(kafka_broker: Any, topic_prefix: str, tmp_path: Path) -> None:
+def test_worker_stores_events_and_serves_read_only_queries(
+    kafka_broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
     values = payloads(3000)
     with store_worker(kafka_broker.bootstrap, topic_prefix, tmp_path / "w") as worker:
         produce(kafka_broker.bootstrap, topic_prefix + "events", values)
@@ -63,7 +65,9 @@ def test_sigkill_mid_stream_and_restart_stores_each_event_once(
         produce(kafka_broker.bootstrap, topic_prefix + "events", values)
         for kill in range(3):
             target = 2000 * (kill + 1)
-            worker.wait_until(lambda t=target: _counts(worker.settings)[0] >= t, 180, f"{target} stored events")
+            worker.wait_until(
+                lambda t=target: _counts(worker.settings)[0] >= t, 180, f"{target} stored events"
+            )
             worker.kill()  # no shutdown hooks, no final commit: redelivery follows
             worker.start()
         worker.wait_until(lambda: _counts(worker.settings)[0] >= 12000, 300, "all 12000 events")

@@ -31,6 +31,7 @@ def test_events_are_stored_with_their_columns(dsn: str) -> None:
             dsn, "SELECT exe, args, tty, parent_exec_id FROM cadr.events WHERE event_id = 'attack-2'"
         )
         assert (exe, args, tty) == ("/bin/bash", ["bash", "-i"], True)
+        assert parent.endswith(":1")  # the container's entrypoint
         ((raw,),) = rows(dsn, "SELECT raw FROM cadr.events WHERE event_id = 'attack-7'")
         assert orjson.loads(raw)["network"]["dst_ip"] == "203.0.113.66"
 
@@ -61,7 +62,9 @@ def test_partly_landed_insert_is_completed_exactly(dsn: str) -> None:
         # simulate: the intent for offsets 10..999 was written, then only every other row landed
         first._record_intents(coords(990, start=10))
         half = [i for i in range(10, 1000) if i % 2]
-        first.client.insert_arrow("cadr.events", events_table([decoded[i] for i in half], [values[i] for i in half]))
+        first.client.insert_arrow(
+            "cadr.events", events_table([decoded[i] for i in half], [values[i] for i in half])
+        )
     with StoreWriter(dsn, consumer="g") as second:
         report = second.write_events(values[10:], coords(990, start=10))
         assert report.duplicates == len(half)
@@ -98,20 +101,35 @@ def test_replayed_events_are_not_stored_twice_but_fill_a_fresh_store(tmp_path: P
         assert all("replayed" not in orjson.loads(raw) for raw, _ in stored)
 
 
-def test_repeats_within_a_batch_are_stored_once(dsn: str) -> None:
+@pytest.mark.parametrize("fast", [True, False])
+def test_repeats_within_a_batch_are_stored_once(dsn: str, fast: bool) -> None:
     e = encode(event("same"))
-    with StoreWriter(dsn) as writer:
-        report = writer.write_events([e, e, e])
-        assert (report.inserted, report.duplicates) == (1, 2)
+    with StoreWriter(dsn, fast_path=fast) as writer:
+        writer.write_events([e, e, encode(event("other")), e])
+        assert store_counts(dsn) == (2, 2)
 
 
-def test_bad_records_are_rejected_with_the_field_named(dsn: str) -> None:
+def test_bad_records_are_rejected_with_the_field_named_on_the_typed_path(dsn: str) -> None:
     good = encode(event("ok"))
-    bad = orjson.dumps({"event_id": "bad", "time": 1, "source": "x", "kind": "file_open", "process": {"pid": "x"}})
-    with StoreWriter(dsn) as writer:
+    bad = orjson.dumps(
+        {"event_id": "bad", "time": 1, "source": "x", "kind": "file_open", "process": {"pid": "x"}}
+    )
+    with StoreWriter(dsn, fast_path=False) as writer:
         report = writer.write_events([bad, good, b"not json"])
         assert (report.inserted, report.rejected) == (1, 2)
         assert "$.process.pid" in report.rejects[0][1]
+
+
+def test_unparseable_records_land_in_events_rejected_on_the_fast_path(dsn: str) -> None:
+    good = encode(event("ok"))
+    with StoreWriter(dsn) as writer:
+        writer.write_events([b"not json", good, b'{"time": 1}', b"[1, 2]"])
+        assert rows(dsn, "SELECT event_id FROM cadr.events") == [("ok",)]
+        assert sorted(rows(dsn, "SELECT reason, raw FROM cadr.events_rejected")) == [
+            ("no event_id", '{"time": 1}'),
+            ("not JSON", "not json"),
+            ("not a JSON object", "[1, 2]"),
+        ]
 
 
 def test_incident_revisions_and_latest_view(dsn: str) -> None:
@@ -129,12 +147,21 @@ def test_incident_revisions_and_latest_view(dsn: str) -> None:
         )
 
     alert = Alert(
-        alert_id="a1", rule_id="R", rule_name="r", severity=Severity.LOW, message="m", time=1, first_seen=1, last_seen=1
+        alert_id="a1",
+        rule_id="R",
+        rule_name="r",
+        severity=Severity.LOW,
+        message="m",
+        time=1,
+        first_seen=1,
+        last_seen=1,
     )
     with StoreWriter(dsn) as writer:
         writer.write_records("incidents", [incident(1, "first"), incident(2, "second")])
         writer.write_records("incidents", [incident(2, "second")])  # redelivered revision
-        writer.write_records("alerts", [encode(alert), encode(msgspec.structs.replace(alert, count=4, last_seen=9))])
+        writer.write_records(
+            "alerts", [encode(alert), encode(msgspec.structs.replace(alert, count=4, last_seen=9))]
+        )
         writer.write_records("profiles", [encode(Profile(workload_key="k", revision=1))] * 2)
         assert rows(dsn, "SELECT revision, title FROM cadr.incidents_latest") == [(2, "second")]
         assert rows(dsn, "SELECT count() FROM cadr.incidents FINAL") == [(2,)]
