@@ -267,7 +267,8 @@ class Event(Struct, kw_only=True, omit_defaults=True):
     audit: Audit | None = None
     health: SensorHealth | None = None
     enriched: bool = False
-    # Set by `cadr replay`: the event already sits in the store, so the sink skips it.
+    # Set by `cadr replay`: the event may already sit in the store, so the sink checks its
+    # event_id before inserting (stored once, whether replayed into the same or a fresh pipeline).
     replayed: bool = False
 
 

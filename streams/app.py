@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -81,6 +82,8 @@ def create_app(settings: Settings, stages: list[str] | None = None, **overrides:
         "autodiscover": False,
     }
     options.update(overrides)
+    # Faust creates its worker folder without parents
+    Path(options["datadir"]).parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(settings.worker.app_id, **options)
     cadr_app = CadrApp(settings=settings, app=app)
     for name in settings.worker.agents or stages or STAGES:

@@ -84,7 +84,12 @@ async def consume_until(
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for msgs in batch.values():
-                records.extend(orjson.loads(m.value) for m in msgs if m.value is not None)
+                for m in msgs:
+                    if m.value is None:
+                        continue
+                    value = orjson.loads(m.value)
+                    # cadr.raw / cadr.events records may hold a batch (JSON array) of events
+                    records.extend(value if isinstance(value, list) else [value])
             if done(records):
                 return records
     finally:
