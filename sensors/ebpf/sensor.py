@@ -327,10 +327,10 @@ class EbpfSensor:
             self._waiter = None
             self._wake.clear()
 
-    async def _deliver(self, batch: list[Any]) -> None:
+    async def _deliver(self, batch: JsonBatch | list[tuple[Event, bytes]]) -> None:
         self.batches += 1
         try:
-            if self.sink.wants_json:
+            if isinstance(batch, JsonBatch):
                 await self.sink.send_batch(batch)
             else:
                 await self.sink.send(batch)
@@ -338,7 +338,7 @@ class EbpfSensor:
             log.exception("sink failed; %d events dropped", len(batch))
             cpus = (
                 batch.cpus()
-                if self.sink.wants_json
+                if isinstance(batch, JsonBatch)
                 else [int(ev.event_id.split(":")[-3], 16) for ev, _ in batch]
             )
             for cpu in cpus:
