@@ -221,7 +221,13 @@ async def story_latency(settings, bootstrap: str, stories: int) -> list[float]: 
             pod = f"victim-{i}"
             events = [
                 e
-                for e in attack_events(cluster="bench", pod=pod, pod_ip=f"10.9.0.{i % 250}", tag=f"lat{i}")
+                for e in attack_events(
+                    cluster="bench",
+                    namespace=f"victim{i}",
+                    pod=pod,
+                    pod_ip=f"10.9.0.{i % 250}",
+                    tag=f"lat{i}",
+                )
                 if e.kind is EventKind.PROCESS_EXEC
             ][:1]
             for e in events:

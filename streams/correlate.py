@@ -376,15 +376,15 @@ class Correlator:
                 # remember the phrase: later revisions rebuild the summary from refs
                 state.phrases[ref.alert_id] = a.story
                 if a.actors:
-                    actor = a.actors[0]
-                    label = actor.name if actor.kind == "user" else f"service account {actor.name}"
+                    first = a.actors[0]
+                    label = first.name if first.kind == "user" else f"service account {first.name}"
                     state.alert_actor[ref.alert_id] = label
         phrase = state.phrases.get(ref.alert_id, "")
-        actor = state.alert_actor.get(ref.alert_id, "")
+        who = state.alert_actor.get(ref.alert_id, "")
         lead = story.lead_actor(state.incident.actors)
-        if phrase and actor and actor != lead:
+        if phrase and who and who != lead:
             # someone other than the story's lead did this step: say who
-            phrase = f"{actor} {phrase}"
+            phrase = f"{who} {phrase}"
         return phrase
 
     @staticmethod
@@ -515,7 +515,7 @@ def register(cadr_app: object) -> None:
     incidents_topic = cadr_app.topic("incidents")
 
     @app.agent(cadr_app.topic("alerts"), name="cadr.correlate")
-    async def correlate(stream):  # type: ignore[no-untyped-def]
+    async def correlate(stream):
         # one alert at a time: table writes go to the partition of the alert being handled,
         # which keeps each cluster's story state next to its alerts
         async for value in stream:

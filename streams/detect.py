@@ -237,7 +237,7 @@ def register(cadr_app: object) -> None:
     within = settings.worker.batch_window_s
 
     @app.agent(cadr_app.topic("events"), name="cadr.detect")
-    async def detect(stream):  # type: ignore[no-untyped-def]
+    async def detect(stream):
         async for values in stream.take(batch, within=within):
             futures = []
             for value in values:

@@ -145,7 +145,13 @@ class Enricher:
 
     def _dead(self, out: EnrichResult, payload: bytes, reason: str, now: int, src: _Source) -> None:
         letter = dead_letter(
-            payload, stage="enrich", reason=reason, time_ns=now, topic=src.topic, partition=src.partition, offset=src.offset
+            payload,
+            stage="enrich",
+            reason=reason,
+            time_ns=now,
+            topic=src.topic,
+            partition=src.partition,
+            offset=src.offset,
         )
         out.dead.append((b"enrich", encode(letter)))
         self.counters["dead"] += 1
@@ -165,7 +171,7 @@ def register(cadr_app: object) -> None:
     within = settings.worker.batch_window_s
 
     @cadr_app.app.agent(cadr_app.topic("raw"), name="cadr.enrich")
-    async def enrich(stream):  # type: ignore[no-untyped-def]
+    async def enrich(stream):
         async for batch_events in stream.take_events(batch, within=within):
             values = [ev.message.value for ev in batch_events]
             sources = [(ev.message.topic, ev.message.partition, ev.message.offset) for ev in batch_events]

@@ -20,7 +20,7 @@ from schemas.errors import CadrError
 __all__ = ["register", "run_demo"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
         help="run a scripted attack against a local stack and show the story it produces",
@@ -47,7 +47,7 @@ def _say(msg: str) -> None:
     print(f"cadr demo: {msg}", file=sys.stderr, flush=True)
 
 
-async def _publish(settings: Settings, events: list) -> None:  # type: ignore[type-arg]
+async def _publish(settings: Settings, events: list) -> None:
     from aiokafka import AIOKafkaProducer
 
     from schemas.codec import encode
@@ -65,7 +65,7 @@ async def _publish(settings: Settings, events: list) -> None:  # type: ignore[ty
         await producer.stop()
 
 
-async def _await_story(settings: Settings, expected_alerts: int, timeout: float, worker_alive) -> object:  # type: ignore[no-untyped-def]
+async def _await_story(settings: Settings, expected_alerts: int, timeout: float, worker_alive) -> object:
     from aiokafka import AIOKafkaConsumer
 
     from schemas.codec import decode_incident

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import sys
 import uuid
+from typing import TextIO
 
 from cadr.config import Settings
 from schemas.errors import CadrError
@@ -14,7 +15,7 @@ from schemas.errors import CadrError
 __all__ = ["register", "tail_incidents"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "incidents", help="follow incident stories", description="Work with incident stories."
     )
@@ -47,7 +48,7 @@ async def tail_incidents(
     from_beginning: bool = False,
     limit: int = 0,
     min_severity: str = "info",
-    out: object = None,
+    out: TextIO | None = None,
 ) -> int:
     """Consume ``cadr.incidents`` and print revisions; returns how many were printed."""
     from aiokafka import AIOKafkaConsumer
@@ -85,10 +86,10 @@ async def tail_incidents(
             if inc.severity.rank < floor:
                 continue
             if as_json:
-                stream.write(msg.value.decode() + "\n")  # type: ignore[attr-defined]
+                stream.write(msg.value.decode() + "\n")
             else:
-                stream.write(render_incident(inc) + "\n\n")  # type: ignore[attr-defined]
-            stream.flush()  # type: ignore[attr-defined]
+                stream.write(render_incident(inc) + "\n\n")
+            stream.flush()
             printed += 1
             if limit and printed >= limit:
                 break

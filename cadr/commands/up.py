@@ -14,7 +14,7 @@ from cadr.config import Settings
 __all__ = ["ebpf_available", "register"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "up",
         help="run the whole pipeline on this machine (Kafka, worker, audit webhook, eBPF sensor)",

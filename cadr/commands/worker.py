@@ -11,7 +11,7 @@ from cadr.config import Settings
 __all__ = ["register", "run_worker"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "worker",
         help="run the stream worker (enrich, detect, correlate, store)",

@@ -92,6 +92,10 @@ def _cmp_values(left: Any, right: Any) -> tuple[Any, Any]:
     return left, right
 
 
+def _const(value: Any) -> ValueFn:
+    return lambda ctx: value
+
+
 def _any(value: Any, test: Callable[[Any], bool]) -> bool:
     if isinstance(value, list):
         return any(test(v) for v in value if v is not None)
@@ -259,7 +263,7 @@ class _Parser:
     def parse_operand(self) -> ValueFn:
         tok = self.take()
         if tok.kind == "str":
-            return lambda ctx, _v=tok.text: _v
+            return _const(tok.text)
         if tok.kind != "word":
             raise self.error(f"expected a field, value or function, found {tok.text!r}", tok)
         if self.peek().kind == "punct" and self.peek().text == "(" and tok.text in self.c.functions:
@@ -273,7 +277,7 @@ class _Parser:
         literal: Any = tok.text if num is None else num
         if tok.text in {"true", "false"}:
             literal = tok.text == "true"
-        return lambda ctx, _v=literal: _v
+        return _const(literal)
 
     def parse_call(self, name_tok: _Tok) -> ValueFn:
         fn = self.c.functions[name_tok.text]
@@ -283,7 +287,7 @@ class _Parser:
             while True:
                 if self.peek().kind == "punct" and self.peek().text == "(":
                     items = self.parse_list()
-                    args.append(lambda ctx, _v=items: _v)
+                    args.append(_const(items))
                 else:
                     args.append(self.parse_operand())
                 if self.peek().kind == "punct" and self.peek().text == ",":

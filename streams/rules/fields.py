@@ -184,13 +184,21 @@ def compile_field(path: str) -> Getter:
     if path in COMPUTED:
         return COMPUTED[path]
     if path in TOP_LEVEL:
-        return lambda e, _n=path: getattr(e, _n)
+
+        def get_top(e: Event, _n: str = path) -> Any:
+            return getattr(e, _n)
+
+        return get_top
     parts = path.split(".")
     block = parts[0]
     if block not in BLOCKS:
         raise FieldError(f"unknown field {path!r}")
     if len(parts) == 1:
-        return lambda e, _b=block: getattr(e, _b)
+
+        def get_block(e: Event, _b: str = block) -> Any:
+            return getattr(e, _b)
+
+        return get_block
     # validate the first attribute against the record type so typos fail at load time
     from schemas import records
 

@@ -106,7 +106,9 @@ async def test_falco_corpus_through_the_tls_webhook_into_kafka(
     assert len(events) == 51 and len({e.event_id for e in events}) == 49
     # records fold runs of events into JSON arrays; a record's key is its first event's audit id
     firsts = [decode_events(v)[0] for _, v in raw]
-    assert all(e.audit is not None and k == e.audit.audit_id.encode() for (k, _), e in zip(raw, firsts, strict=True))
+    assert all(
+        e.audit is not None and k == e.audit.audit_id.encode() for (k, _), e in zip(raw, firsts, strict=True)
+    )
     assert min(e.time for e in events) < 1_600_000_000 * 10**9  # 2018 events are stored, not dropped
     dlq = await _consume(kafka_broker.bootstrap, f"{topic_prefix}dlq", 1)
     assert len(dlq) == 1 and b"data not recognized" in dlq[0][1]

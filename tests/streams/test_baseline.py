@@ -497,6 +497,7 @@ def test_relearn_starts_the_window_at_the_next_event() -> None:
 
 # --- the false-positive scenario -----------------------------------------------------------
 
+
 def _run_benign(
     detector: Detector, sim: BenignCluster, start: int, end: int, plan: dict[int, object]
 ) -> tuple[list[Event], list[object]]:

@@ -82,9 +82,27 @@ def test_connection_learns_peer_workload_from_pod_ips() -> None:
 
 
 def test_batches_are_split_validated_per_element_and_regrouped_by_workload() -> None:
-    a = Event(event_id="a1", time=1, source="ebpf", kind=EventKind.PROCESS_EXEC, workload=Workload(namespace="x", pod="a"))
-    b = Event(event_id="b1", time=2, source="ebpf", kind=EventKind.PROCESS_EXEC, workload=Workload(namespace="x", pod="b"))
-    a2 = Event(event_id="a2", time=3, source="ebpf", kind=EventKind.PROCESS_EXEC, workload=Workload(namespace="x", pod="a"))
+    a = Event(
+        event_id="a1",
+        time=1,
+        source="ebpf",
+        kind=EventKind.PROCESS_EXEC,
+        workload=Workload(namespace="x", pod="a"),
+    )
+    b = Event(
+        event_id="b1",
+        time=2,
+        source="ebpf",
+        kind=EventKind.PROCESS_EXEC,
+        workload=Workload(namespace="x", pod="b"),
+    )
+    a2 = Event(
+        event_id="a2",
+        time=3,
+        source="ebpf",
+        kind=EventKind.PROCESS_EXEC,
+        workload=Workload(namespace="x", pod="a"),
+    )
     bad = b'{"event_id": 5, "time": 1, "source": "ebpf", "kind": "process_exec"}'
     value = encode_batch([a, b])[:-1] + b"," + bad + b"," + encode(a2) + b"]"
     en = Enricher(cluster="c", max_record_bytes=1 << 20)

@@ -46,14 +46,18 @@ no_fire:
 def _cadr(settings: Any, *args: str, env: dict[str, str] | None = None) -> str:
     full = settings_env(settings)
     full.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "cadr.cli", *args], env=full, capture_output=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cadr.cli", *args], env=full, capture_output=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return proc.stdout.decode() + proc.stderr.decode()
 
 
 def _story(settings: Any, min_alerts: int) -> dict[str, Any]:
     incidents = asyncio.run(
-        consume_until(settings, "incidents", lambda r: any(len(i["alerts"]) >= min_alerts for i in r), timeout=180)
+        consume_until(
+            settings, "incidents", lambda r: any(len(i["alerts"]) >= min_alerts for i in r), timeout=180
+        )
     )
     time.sleep(3)  # let late revisions land, then take the latest of each incident
     incidents = asyncio.run(consume_until(settings, "incidents", lambda r: True, timeout=30))
@@ -77,7 +81,10 @@ def test_new_rule_over_last_weeks_events_finds_the_incident(kafka_broker: Any, t
         live_story = _story(live, 6)
         ids = tuple(e.event_id for e in events)
         worker.wait_until(
-            lambda: run_query(live, f"SELECT count() AS n FROM cadr.events WHERE event_id IN {ids!r}")[0]["n"] == len(ids),
+            lambda: (
+                run_query(live, f"SELECT count() AS n FROM cadr.events WHERE event_id IN {ids!r}")[0]["n"]
+                == len(ids)
+            ),
             120,
             "the events in the store",
         )
@@ -106,6 +113,8 @@ def test_new_rule_over_last_weeks_events_finds_the_incident(kafka_broker: Any, t
     replay_rules = sorted(a["rule_id"] for a in replay_story["alerts"])
     assert replay_rules == sorted([*live_rules, "CADR-HUNT-0001"])
     assert replay_story["first_seen"] == live_story["first_seen"]  # original times kept
-    assert {t["event_id"] for t in live_story["timeline"]} <= {t["event_id"] for t in replay_story["timeline"]}
+    assert {t["event_id"] for t in live_story["timeline"]} <= {
+        t["event_id"] for t in replay_story["timeline"]
+    }
     assert set(live_story["threads"]) <= set(replay_story["threads"])
     assert "fetched a payload from a bare IP address" in replay_story["summary"]
