@@ -243,9 +243,20 @@ class Fleet:
         )
 
 
-def keyed(events: list[Event]) -> list[tuple[bytes, bytes]]:
-    # sensors key raw records by container; enrich re-keys by workload
-    return [(e.workload.container_id.encode(), encode(e)) for e in events]
+def keyed(events: list[Event], fold: int = 256) -> list[tuple[bytes, bytes]]:
+    """Raw records as the sensors publish them: keyed by container, each container's events
+    folded into JSON arrays of up to ``fold`` events (cadr's event-batch framing)."""
+    runs: dict[bytes, list[bytes]] = {}
+    out: list[tuple[bytes, bytes]] = []
+    for e in events:
+        key = e.workload.container_id.encode()
+        run = runs.setdefault(key, [])
+        run.append(encode(e))
+        if len(run) >= fold:
+            out.append((key, b"[" + b",".join(run) + b"]"))
+            runs[key] = []
+    out.extend((k, b"[" + b",".join(r) + b"]") for k, r in runs.items() if r)
+    return out
 
 
 # --- Kafka helpers -------------------------------------------------------------------------
@@ -308,7 +319,10 @@ def run_phase(args: argparse.Namespace) -> int:
         @cadr_app.app.agent(cadr_app.topic("raw"), name="bench.bare")
         async def bare(stream):  # type: ignore[no-untyped-def]
             async for values in stream.take(batch, within=within):
-                bare_count[0] += len(values)
+                # decode like the real stages do, and count events (records hold arrays)
+                for v in values:
+                    decoded = orjson.loads(v)
+                    bare_count[0] += len(decoded) if isinstance(decoded, list) else 1
 
     state: dict[str, Any] = {"t_learned": 0.0, "c_learned": 0, "done": False}
 

@@ -43,7 +43,7 @@ def test_story_continues_across_a_sigkill(
                 for r in recs
             )
 
-        after = asyncio.run(consume_until(settings, "incidents", complete, 180))
+        after = asyncio.run(consume_until(settings, "incidents", complete, 300))
     finally:
         worker.stop()
     ids = {r["incident_id"] for r in after}
