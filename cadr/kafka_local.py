@@ -319,6 +319,19 @@ class LocalKafka:
             raise RuntimeError("LocalKafka is not running")
         self._signal(signal.SIGSTOP)
         self._paused = True
+        # SIGSTOP is asynchronous: wait until the kernel reports the process stopped, so a
+        # caller's next request really meets a frozen broker
+        if self._proc is not None:
+            deadline = time.monotonic() + 5.0
+            stat = Path(f"/proc/{self._proc.pid}/stat")
+            while time.monotonic() < deadline:
+                try:
+                    state = stat.read_text().rsplit(")", 1)[1].split()[0]
+                except (OSError, IndexError):
+                    break
+                if state in ("T", "t"):
+                    break
+                time.sleep(0.01)
 
     def resume(self) -> None:
         """Unfreeze a broker frozen by :meth:`pause` (SIGCONT)."""
