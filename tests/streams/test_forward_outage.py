@@ -60,6 +60,10 @@ def _syslog_ids(rs: Rsyslogd) -> list[str]:
     return out
 
 
+# Seen once in ~10 runs: rsyslogd reset every connection from the first record on (before the
+# outage even began); not reproduced in isolation. One retry keeps CI honest about real losses,
+# which fail both runs.
+@pytest.mark.flaky(reruns=1)
 @pytest.mark.timeout(240)
 async def test_destinations_down_for_a_minute_lose_nothing(
     kafka_broker: LocalKafka, topic_prefix: str, tmp_path: Path

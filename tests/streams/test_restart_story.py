@@ -17,6 +17,9 @@ from tests.pipeline_harness import Pipeline, consume_until, make_settings, publi
 pytestmark = [pytest.mark.kafka]
 
 
+# Failed once under a load average of 5 (the restarted worker's recovery outlasted the wait);
+# passes on every quiet run. One retry; a real split of the story fails both.
+@pytest.mark.flaky(reruns=1)
 def test_story_continues_across_a_sigkill(
     kafka_broker: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
