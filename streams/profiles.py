@@ -184,6 +184,15 @@ async def ensure_edits_topic(settings: Settings, timeout_s: float = 30.0) -> Non
         )
         with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics([topic])
+        # a consumer group formed before the new topic has leaders ignores it ("Ignoring
+        # missing topic") until a later metadata refresh: wait until every partition has one
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            (info,) = await admin.describe_topics([name])
+            ready = info["partitions"] and all(p["leader"] >= 0 for p in info["partitions"])
+            if (not info["error_code"] and ready) or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.1)
     except KafkaError as exc:
         raise ProfileChannelError(f"cannot prepare {name} on {settings.kafka.bootstrap}: {exc}") from exc
     finally:
