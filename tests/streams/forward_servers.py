@@ -51,6 +51,16 @@ __all__ = [
 ]
 
 
+def _listening(port: int) -> bool:
+    """Whether some socket is in LISTEN state on 127.0.0.1:port (from /proc/net/tcp)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(r.split()[1] == want and r.split()[3] == "0A" for r in rows)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -486,11 +496,11 @@ class Rsyslogd:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"rsyslogd exited: {(self.dir / 'rsyslogd.stdout').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            # look for the LISTEN socket itself: a probe connect() can "succeed" against nobody
+            # (Linux TCP self-connect when the port is in the ephemeral range)
+            if _listening(self.port):
                 return
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         raise RuntimeError("rsyslogd did not listen within 15 s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
