@@ -39,7 +39,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cadr.config import Settings
-from schemas.codec import encode
+from schemas.codec import encode, join_batch
 from schemas.records import (
     Dns,
     Event,
@@ -253,9 +253,9 @@ def keyed(events: list[Event], fold: int = 256) -> list[tuple[bytes, bytes]]:
         run = runs.setdefault(key, [])
         run.append(encode(e))
         if len(run) >= fold:
-            out.append((key, b"[" + b",".join(run) + b"]"))
+            out.append((key, join_batch(run)))
             runs[key] = []
-    out.extend((k, b"[" + b",".join(r) + b"]") for k, r in runs.items() if r)
+    out.extend((k, join_batch(r)) for k, r in runs.items() if r)
     return out
 
 

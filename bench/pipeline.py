@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cadr.kafka_local import LocalKafka
 from cadr.runtime import ensure_topics_sync
 from cadr.scenario import attack_events
-from schemas.codec import encode
+from schemas.codec import encode, join_batch
 from schemas.records import Dns, Event, EventKind, File, Network, Process, Source, Workload
 from tests.pipeline_harness import Pipeline, make_settings, run_query
 
@@ -131,11 +131,11 @@ async def produce(bootstrap: str, topic: str, values: list[bytes]) -> float:
             run = runs.setdefault(key, [])
             run.append(v)
             if len(run) >= 256:
-                futures.append(await producer.send(topic, key=key, value=b"[" + b",".join(run) + b"]"))
+                futures.append(await producer.send(topic, key=key, value=join_batch(run)))
                 runs[key] = []
         for key, run in runs.items():
             if run:
-                futures.append(await producer.send(topic, key=key, value=b"[" + b",".join(run) + b"]"))
+                futures.append(await producer.send(topic, key=key, value=join_batch(run)))
         for f in futures:
             await f
     finally:

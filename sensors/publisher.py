@@ -32,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.codec import join_batch
 from schemas.records import Event
 from sensors.spool import Record, Spool
 
@@ -460,6 +461,6 @@ def _group_by_key(
     out = []
     for key, idx in order:
         members = by_key[key][idx]
-        value = members[0][1] if len(members) == 1 else b"[" + b",".join(m[1] for m in members) + b"]"
+        value = members[0][1] if len(members) == 1 else join_batch([m[1] for m in members])
         out.append((key, value, members[0][2], members))
     return out

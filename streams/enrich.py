@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from schemas.codec import dead_letter, decode_event, encode, split_batch
+from schemas.codec import dead_letter, decode_event, encode, join_batch, split_batch
 from schemas.errors import RecordError
 from schemas.records import Event, Workload
 
@@ -140,7 +140,7 @@ class Enricher:
         for key, encoded in grouped.items():
             for start in range(0, len(encoded), OUTPUT_BATCH_EVENTS):
                 chunk = encoded[start : start + OUTPUT_BATCH_EVENTS]
-                out.events.append((key, b"[" + b",".join(chunk) + b"]"))
+                out.events.append((key, join_batch(chunk)))
         return out
 
     def _dead(self, out: EnrichResult, payload: bytes, reason: str, now: int, src: _Source) -> None:

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Protocol
 
+from schemas.codec import join_batch
 from sensors.audit.errors import PublishError
 
 __all__ = ["KafkaSink", "MemorySink", "Record", "Sink"]
@@ -195,7 +196,7 @@ def _fold(records: Sequence[Record]) -> list[Record]:
 def _joined(run: list[Record]) -> Record:
     if len(run) == 1:
         return run[0]
-    return (run[0][0], b"[" + b",".join(v for _, v in run) + b"]")
+    return (run[0][0], join_batch([v for _, v in run]))
 
 
 async def _quiet_stop(producer: object) -> None:
