@@ -53,7 +53,10 @@ class StoreSettings:
     #: chdb:///<dir> (embedded, default under data_dir) or http(s)://host:8123
     dsn: str = ""
     database: str = "cadr"
+    #: most Kafka records per insert (an events record may be an event batch of hundreds of events) ...
     batch_size: int = 20000
+    #: ... and most bytes of record values per insert, whichever comes first
+    batch_bytes: int = 32 << 20
     flush_interval_s: float = 1.0
     retention_days: int = 30
     #: local read-only query endpoint of the process owning an embedded store

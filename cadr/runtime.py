@@ -72,6 +72,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "CADR_KAFKA_PARTITIONS": str(settings.kafka.partitions),
             "CADR_STORE_DSN": settings.store_dsn,
             "CADR_STORE_BATCH_SIZE": str(settings.store.batch_size),
+            "CADR_STORE_BATCH_BYTES": str(settings.store.batch_bytes),
             "CADR_STORE_FLUSH_INTERVAL_S": str(settings.store.flush_interval_s),
             "CADR_WORKER_BATCH_SIZE": str(settings.worker.batch_size),
             "CADR_WORKER_APP_ID": settings.worker.app_id,

@@ -36,8 +36,6 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from cadr.config import Settings
-from schemas.codec import split_batch
-from schemas.errors import RecordError
 from streams.store.client import parse_dsn
 from streams.store.dedup import Coord
 from streams.store.endpoint import QueryEndpoint
@@ -67,6 +65,8 @@ class StoreStats:
     commits: int = 0
     failed_commits: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: monotonic time the first non-empty batch was fetched (None before): the start of ingest for rates
+    first_fetch: float | None = None
     per_topic: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -210,7 +210,7 @@ class StoreService(Service):
         window_ms = max(1, int(store.flush_interval_s * 1000))
         while not self.should_stop and not self._stopped_unstored:
             try:
-                batch = await self._fetch(consumer, store.batch_size, window_ms)
+                batch = await self._fetch(consumer, store.batch_size, store.batch_bytes, window_ms)
             except KafkaError as exc:
                 log.warning("store: fetch failed: %s", exc)
                 await self.sleep(1.0)
@@ -218,27 +218,32 @@ class StoreService(Service):
             if not batch:
                 await self.drain()  # idle: nothing should wait for a full pipeline to be committed
                 continue
+            if self.stats.first_fetch is None:
+                self.stats.first_fetch = time.monotonic()
             self._submit(batch)
             while len(self._pending) >= self.inflight or (self._pending and self._pending[0][0].done()):
                 await self._complete_oldest()
 
     async def _fetch(
-        self, consumer: AIOKafkaConsumer, batch_size: int, window_ms: int
+        self, consumer: AIOKafkaConsumer, batch_size: int, batch_bytes: int, window_ms: int
     ) -> dict[TopicPartition, list[Any]]:
-        # Up to batch_size records: wait up to the flush window for the first, then top up until the batch is
-        # full or the window (counted from the first record) is over.
+        # Up to batch_size records or batch_bytes of values: wait up to the flush window for the first, then
+        # top up until the batch is full or the window (counted from the first record) is over.
         out: dict[TopicPartition, list[Any]] = {}
-        got = await consumer.getmany(timeout_ms=window_ms, max_records=batch_size)
-        count = 0
+        # Small reads (aiokafka buffers whole fetches; a read is cheap) so the byte bound is checked often.
+        step = min(batch_size, 1000)
+        got = await consumer.getmany(timeout_ms=window_ms, max_records=step)
+        count = size = 0
         deadline = time.monotonic() + window_ms / 1000
         while got:
             for tp, records in got.items():
                 out.setdefault(tp, []).extend(records)
                 count += len(records)
+                size += sum(r.serialized_value_size for r in records)
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if count >= batch_size or remaining_ms <= 0 or self.should_stop:
+            if count >= batch_size or size >= batch_bytes or remaining_ms <= 0 or self.should_stop:
                 break
-            got = await consumer.getmany(timeout_ms=remaining_ms, max_records=batch_size - count)
+            got = await consumer.getmany(timeout_ms=remaining_ms, max_records=min(step, batch_size - count))
         return out
 
     def _submit(self, batch: dict[TopicPartition, list[Any]]) -> None:
@@ -248,22 +253,12 @@ class StoreService(Service):
         for tp, records in batch.items():
             kind = self._topic_kind[tp.topic]
             payloads, coords = by_kind.setdefault(kind, ([], []))
+            topic, partition = tp.topic, tp.partition
             for r in records:
-                if r.value is None:
-                    continue
-                coord = Coord(tp.topic, tp.partition, r.offset)
-                if kind == "events" and r.value[:1] == b"[":
-                    # an event batch (JSON array, see schemas.codec): one payload per event,
-                    # all at the record's offset
-                    try:
-                        parts = split_batch(r.value)
-                    except RecordError:
-                        parts = [r.value]  # the writer reports it as undecodable
-                    payloads.extend(parts)
-                    coords.extend([coord] * len(parts))
-                    continue
-                payloads.append(r.value)
-                coords.append(coord)
+                if r.value is not None:
+                    # an events record may be an event batch (a JSON array): the writer keeps it whole
+                    payloads.append(r.value)
+                    coords.append(Coord(topic, partition, r.offset))
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(slot.executor, self._write, slot, by_kind)
         self._pending.append((future, batch))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,25 @@ def test_migration_files_are_numbered_and_parse() -> None:
         statements = m.statements("cadr", 30)
         assert statements, m.path
         for s in statements:
-            assert "IF NOT EXISTS" in s, f"{m.path.name}: statements must be idempotent: {s[:60]}"
+            idempotent = "IF NOT EXISTS" in s or s.startswith("DROP VIEW IF EXISTS")
+            assert idempotent, f"{m.path.name}: statements must be idempotent: {s[:60]}"
+
+
+def test_the_parse_view_extracts_exactly_the_type_of_its_target_column(tmp_path: Path) -> None:
+    """007 writes the event tuple's type twice (events_parsed.j and the view's JSONExtract): they must agree,
+    or the engine converts (or drops) fields silently between the two."""
+    with client_for(f"chdb://{tmp_path / 'store'}") as client:
+        apply_migrations(client, "cadr", 30)
+        ((column,),) = client.query(
+            "SELECT type FROM system.columns WHERE database = 'cadr' AND table = 'events_parsed' AND name = 'j'"
+        ).result_rows
+        ((view,),) = client.query(
+            "SELECT as_select FROM system.tables WHERE database = 'cadr' AND name = 'events_parse_mv'"
+        ).result_rows
+        start = view.index("JSONExtract(raw, '") + len("JSONExtract(raw, '")
+        extracted = view[start : view.index("')", start)]
+        blank = re.compile(r"(\\n|\s)+")  # as_select keeps the literal escaped (\\n)
+        assert blank.sub("", extracted) == blank.sub("", column)
 
 
 def test_split_statements_ignores_comments_and_keeps_inner_semicolons() -> None:

@@ -61,7 +61,12 @@ class _LostAnswer:
         self.lost = 0
 
     def insert_arrow(self, table: str, data: Any, **kw: Any) -> Any:
-        result = self._client.insert_arrow(table, data, **kw)
+        return self._lose_answer(table, self._client.insert_arrow(table, data, **kw))
+
+    def raw_insert(self, table: str, *args: Any, **kw: Any) -> Any:
+        return self._lose_answer(table, self._client.raw_insert(table, *args, **kw))
+
+    def _lose_answer(self, table: str, result: Any) -> Any:
         if table.endswith((".events", ".events_ingest")) and self.lost == 0:
             self.lost += 1
             raise OperationalError("connection reset by peer after the request was sent")

@@ -8,11 +8,11 @@ import msgspec
 import orjson
 import pytest
 
-from schemas.codec import encode
+from schemas.codec import encode, join_batch
 from schemas.records import Alert, Incident, Profile, Severity
 from streams.store.columns import events_table
 from streams.store.dedup import Coord
-from streams.store.sink import StoreWriter
+from streams.store.sink import StoreWriter, ingest_blob
 from tests.streams.store_support import coords, event, payloads, rows, store_counts
 
 
@@ -123,13 +123,27 @@ def test_bad_records_are_rejected_with_the_field_named_on_the_typed_path(dsn: st
 def test_unparseable_records_land_in_events_rejected_on_the_fast_path(dsn: str) -> None:
     good = encode(event("ok"))
     with StoreWriter(dsn) as writer:
-        writer.write_events([b"not json", good, b'{"time": 1}', b"[1, 2]"])
+        writer.write_events([b"not json", good, b'{"time": 1}', b'"a string"'])
         assert rows(dsn, "SELECT event_id FROM cadr.events") == [("ok",)]
         assert sorted(rows(dsn, "SELECT reason, raw FROM cadr.events_rejected")) == [
             ("no event_id", '{"time": 1}'),
             ("not JSON", "not json"),
-            ("not a JSON object", "[1, 2]"),
+            ("not a JSON object", '"a string"'),
         ]
+
+
+def test_a_batch_with_bad_elements_stores_the_good_ones_and_rejects_the_rest_with_the_field(dsn: str) -> None:
+    good = [encode(event(f"ok-{i}")) for i in range(3)]
+    bad = orjson.dumps(
+        {"event_id": "bad", "time": 1, "source": "x", "kind": "file_open", "process": {"pid": "x"}}
+    )
+    with StoreWriter(dsn) as writer:
+        report = writer.write_events([join_batch([good[0], b"1", bad]), join_batch(good[1:]), b"[1, 2"])
+        assert sorted(rows(dsn, "SELECT event_id FROM cadr.events")) == [("ok-0",), ("ok-1",), ("ok-2",)]
+        rejected = sorted(rows(dsn, "SELECT raw, reason FROM cadr.events_rejected"))
+        assert [raw for raw, _ in rejected] == ["1", "[1, 2", bad.decode()]
+        assert "$.process.pid" in rejected[2][1] and "invalid" in rejected[1][1]
+        assert (report.inserted, report.rejected) == (3, 3)
 
 
 def test_incident_revisions_and_latest_view(dsn: str) -> None:
@@ -167,3 +181,22 @@ def test_incident_revisions_and_latest_view(dsn: str) -> None:
         assert rows(dsn, "SELECT count() FROM cadr.incidents FINAL") == [(2,)]
         assert rows(dsn, "SELECT alert_id, count FROM cadr.alerts_latest") == [("a1", 4)]
         assert rows(dsn, "SELECT count() FROM cadr.profiles_latest") == [(1,)]
+
+
+def test_ingest_blob_frames_single_events_as_lines_and_batches_as_one_array() -> None:
+    a, b, c = (encode(event(x)) for x in "abc")
+    pretty = b'{\n  "event_id": "p"\n}'
+    assert ingest_blob([a, pretty]) == (a + b'\n{   "event_id": "p" }', "LineAsString")
+    assert ingest_blob([join_batch([a, b]), b"[]", b" [ ]", c]) == (
+        b"[" + a + b"," + b + b"," + c + b"]",
+        "JSONAsString",
+    )
+
+
+def test_event_batches_and_single_events_are_stored_on_the_fast_path(dsn: str) -> None:
+    values = [encode(event(f"e{i}")) for i in range(7)]
+    with StoreWriter(dsn) as writer:
+        report = writer.write_events([join_batch(values[:3]), values[3], join_batch(values[4:])], coords(3))
+        assert (report.received, report.inserted, report.rejected) == (7, 7, 0)
+        assert store_counts(dsn) == (7, 7)
+        assert rows(dsn, "SELECT count() FROM cadr.events_rejected") == [(0,)]
