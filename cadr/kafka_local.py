@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from cadr.children import die_with_parent
 from schemas.errors import CadrError
 
 __all__ = [
@@ -426,6 +427,8 @@ class LocalKafka:
         out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
         out.flush()
         # Own session: a Ctrl-C meant for the parent does not reach the broker; stop() and the atexit hook do.
+        # A parent killed outright (SIGTERM/SIGKILL: no atexit) takes the broker with it: no orphan broker
+        # keeps the port and the CPU.
         self._proc = subprocess.Popen(
             cmd,
             env=self._env(),
@@ -433,6 +436,7 @@ class LocalKafka:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         self._out = out
         self._paused = False

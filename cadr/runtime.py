@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cadr.children import die_with_parent
 from cadr.config import Settings
 from schemas.errors import CadrError
 
@@ -93,7 +94,12 @@ class ChildProcess:
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),  # no orphan worker or sensor when cadr up is killed outright
         )
 
     def alive(self) -> bool:
