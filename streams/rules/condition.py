@@ -92,8 +92,58 @@ def _cmp_values(left: Any, right: Any) -> tuple[Any, Any]:
     return left, right
 
 
+_NO_CONSTANT = object()
+
+
+def _chain(terms: list[Predicate], word: str) -> Predicate:
+    """``t0 and t1 and ...`` (or ``or``) as one function, short-circuiting like Python: a rule's chain of ten
+    terms costs one call per term evaluated instead of a nested call per term. The generated source holds only
+    the term indices, never text from a rule."""
+    if len(terms) == 1:
+        return terms[0]
+    names = {f"t{i}": term for i, term in enumerate(terms)}
+    source = "lambda ctx: " + f" {word} ".join(f"{name}(ctx)" for name in names)
+    return eval(source, names)  # generated from term indices only
+
+
 def _const(value: Any) -> ValueFn:
-    return lambda ctx: value
+    def const(ctx: Any) -> Any:
+        return value
+
+    const.constant = value  # type: ignore[attr-defined]  # lets comparisons fold the literal at compile time
+    return const
+
+
+def _compare_constant(left: ValueFn, op: str, test: Callable[[Any, Any], bool], rv: Any) -> Predicate:
+    """``left <op> literal``: the literal is brought to a string's type once, at compile time, and a string on
+    the left (paths, names, most fields) is compared without the per-call coercion. Any other left value takes
+    the general path, with the same results."""
+    rv_for_str = _cmp_values("", rv)[1]
+    rv_for_int = _cmp_values(0, rv)[1]
+
+    def one(v: Any) -> bool:
+        a, b = _cmp_values(v, rv)
+        try:
+            return test(a, b)
+        except TypeError:
+            return False
+
+    def compare(ctx: Any) -> bool:
+        lv = left(ctx)
+        cls = lv.__class__
+        if cls is str or cls is int:  # most fields: coerce nothing per call
+            try:
+                return test(lv, rv_for_str if cls is str else rv_for_int)
+            except TypeError:
+                return False
+        if op == "!=" and not isinstance(lv, list):
+            if lv is None:
+                return rv is not None
+            a, b = _cmp_values(lv, rv)
+            return bool(a != b)
+        return _any(lv, one)
+
+    return compare
 
 
 def _any(value: Any, test: Callable[[Any], bool]) -> bool:
@@ -203,20 +253,18 @@ class _Parser:
 
     # -- grammar -----------------------------------------------------------------------------
     def parse_expr(self) -> Predicate:
-        left = self.parse_and()
+        terms = [self.parse_and()]
         while self.is_word("or"):
             self.take()
-            right = self.parse_and()
-            left = (lambda a, b: lambda ctx: a(ctx) or b(ctx))(left, right)
-        return left
+            terms.append(self.parse_and())
+        return _chain(terms, "or")
 
     def parse_and(self) -> Predicate:
-        left = self.parse_not()
+        terms = [self.parse_not()]
         while self.is_word("and"):
             self.take()
-            right = self.parse_not()
-            left = (lambda a, b: lambda ctx: a(ctx) and b(ctx))(left, right)
-        return left
+            terms.append(self.parse_not())
+        return _chain(terms, "and")
 
     def parse_not(self) -> Predicate:
         if self.is_word("not"):
@@ -325,7 +373,17 @@ class _Parser:
                 items = self.parse_list()
             if op == "in":
                 members = set(items) | {str(i) for i in items}
-                return lambda ctx: _any(left(ctx), lambda v: v in members)
+
+                def member(v: Any) -> bool:
+                    return v in members
+
+                def is_in(ctx: Any) -> bool:
+                    lv = left(ctx)
+                    if lv.__class__ is str:  # the common case, without the list walk
+                        return lv in members
+                    return _any(lv, member)
+
+                return is_in
             prefixes = tuple(str(i) for i in items)
 
             def pmatch(v: Any) -> bool:
@@ -350,6 +408,9 @@ class _Parser:
             "glob": lambda a, b: fnmatch.fnmatchcase(str(a), str(b)),
         }
         test = tests[op]
+        constant = getattr(right, "constant", _NO_CONSTANT)
+        if constant is not _NO_CONSTANT:
+            return _compare_constant(left, op, test, constant)
 
         def compare(ctx: Any) -> bool:
             rv = right(ctx)
