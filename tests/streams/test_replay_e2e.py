@@ -116,5 +116,8 @@ def test_new_rule_over_last_weeks_events_finds_the_incident(kafka_broker: Any, t
     assert {t["event_id"] for t in live_story["timeline"]} <= {
         t["event_id"] for t in replay_story["timeline"]
     }
-    assert set(live_story["threads"]) <= set(replay_story["threads"])
+    # same_pod is the fallback label of a link that a more specific thread can also explain; which one a link
+    # gets depends on the arrival order of alerts from different event partitions (audit vs process events),
+    # which neither run fixes. The specific threads must all be there.
+    assert set(live_story["threads"]) - {"same_pod"} <= set(replay_story["threads"])
     assert "fetched a payload from a bare IP address" in replay_story["summary"]
