@@ -16,6 +16,7 @@ from typing import Any
 import faust
 
 from cadr.config import Settings
+from streams.recovery import CadrTableManager
 
 __all__ = ["STAGES", "CadrApp", "create_app"]
 
@@ -80,6 +81,8 @@ def create_app(settings: Settings, stages: list[str] | None = None, **overrides:
         "table_cleanup_interval": 30.0,
         "datadir": f"{settings.data_dir}/worker-{settings.worker.app_id}",
         "autodiscover": False,
+        # seeks the stream partitions before their records may flow (a restart otherwise can lose one)
+        "TableManager": CadrTableManager,
     }
     options.update(overrides)
     # Faust creates its worker folder without parents
