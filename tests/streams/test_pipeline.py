@@ -26,6 +26,25 @@ def settings(kafka_broker: Any, topic_prefix: str, tmp_path: Path):  # type: ign
     return s
 
 
+def test_worker_topics_include_profile_edits_co_partitioned_with_events(settings: Any) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def partitions() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+        await admin.start()
+        try:
+            names = [settings.topic("events"), settings.topic("profile-edits")]
+            return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
+        finally:
+            await admin.close()
+
+    # made by the settings fixture's ensure_topics_sync, as `cadr worker` does before it subscribes
+    assert asyncio.run(partitions()) == {
+        settings.topic("events"): settings.kafka.partitions,
+        settings.topic("profile-edits"): settings.kafka.partitions,
+    }
+
+
 def test_event_reaches_clickhouse_enriched_and_its_incident_the_topic(settings: Any) -> None:
     events = attack_events(cluster="")  # cluster is filled in by enrich
     worker = Pipeline(settings).start()
