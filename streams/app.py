@@ -16,7 +16,7 @@ from typing import Any
 import faust
 
 from cadr.config import Settings
-from streams.recovery import CadrTableManager
+from streams.recovery import CadrFaustApp, CadrTableManager
 
 __all__ = ["STAGES", "CadrApp", "create_app"]
 
@@ -87,7 +87,7 @@ def create_app(settings: Settings, stages: list[str] | None = None, **overrides:
     options.update(overrides)
     # Faust creates its worker folder without parents
     Path(options["datadir"]).parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(settings.worker.app_id, **options)
+    app = CadrFaustApp(settings.worker.app_id, **options)
     cadr_app = CadrApp(settings=settings, app=app)
     for name in settings.worker.agents or stages or STAGES:
         module = importlib.import_module(f"streams.{name}")

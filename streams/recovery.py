@@ -20,6 +20,14 @@ event never reaches ClickHouse (faust-streaming issue #596 describes the same ra
 :class:`SeekFirstRecovery` keeps the stream partitions paused until the seek is done and the queues are
 cleared, so nothing read after the seek can be discarded. :class:`CadrTableManager` installs it (the Faust
 ``TableManager`` setting, see :func:`streams.app.create_app`).
+
+A second hole on the same path: Faust hands its consumer thread the *live* set of active partitions for a fetch
+that may wait up to a second, and aiokafka reads an empty partition set as "every partition". When the end of
+the recovery pauses the changelogs while such a fetch is pending (no partition active for a moment), the fetch
+returns — and moves the fetch position past — records of the still-paused stream partitions; Faust drops them
+(not active), then sees the next record beyond a gap it takes for compacted offsets and commits over them: a
+run of events lost after a restart under load. :class:`SnapshotFetchConsumer` fetches for a copy of the set
+taken when the fetch starts (:class:`CadrFaustApp` creates it).
 """
 
 from __future__ import annotations
@@ -27,10 +35,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import faust
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 
-__all__ = ["CadrTableManager", "SeekFirstRecovery"]
+__all__ = ["CadrFaustApp", "CadrTableManager", "SeekFirstRecovery", "SnapshotFetchConsumer"]
 
 
 class SeekFirstRecovery(Recovery):
@@ -104,3 +114,29 @@ class CadrTableManager(TableManager):
         if self._recovery is None:
             self._recovery = SeekFirstRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery
+
+
+class SnapshotFetchConsumer(AIOKafkaConsumer):
+    """Faust's aiokafka consumer fetching for a snapshot of the active partitions (see the module doc)."""
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        if active_partitions is not None:
+            active_partitions = set(active_partitions)
+            if not active_partitions:  # aiokafka would read "no partition" as "every partition"
+                await asyncio.sleep(min(timeout, 1.0))
+                return {}
+        return await super()._getmany(active_partitions, timeout)
+
+
+class CadrFaustApp(faust.App):
+    """The Faust app of the worker: its consumer is a :class:`SnapshotFetchConsumer`."""
+
+    def _new_consumer(self) -> Any:
+        return SnapshotFetchConsumer(
+            self.transport,
+            callback=self.topics.on_message,
+            loop=self.loop,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+        )

@@ -1,5 +1,6 @@
 """The end of a table recovery keeps the stream partitions paused until their seek is done and the agents'
-queues are cleared (streams.recovery): no record read after the seek can be thrown away."""
+queues are cleared, and a fetch asks for the partitions active when it starts (streams.recovery): no record
+read after the seek can be thrown away."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from streams.app import create_app
-from streams.recovery import CadrTableManager, SeekFirstRecovery
+from streams.recovery import CadrTableManager, SeekFirstRecovery, SnapshotFetchConsumer
 from tests.pipeline_harness import make_settings
 
 
@@ -104,3 +105,28 @@ async def test_a_newer_generation_resumes_nothing(tmp_path: Path) -> None:
     app, _, _ = _app(tmp_path, calls)
     await app.tables.recovery.on_recovery_completed(generation_id=2)  # another rebalance began
     assert calls == []
+
+
+class _Thread:
+    def __init__(self) -> None:
+        self.asked: list[Any] = []
+
+    async def getmany(self, active_partitions: Any, timeout: float) -> dict[Any, Any]:
+        self.asked.append(active_partitions)
+        return {}
+
+
+async def test_a_fetch_asks_for_the_partitions_active_when_it_starts(tmp_path: Path) -> None:
+    app = create_app(make_settings("127.0.0.1:9", "t.", tmp_path)).app
+    consumer = app.consumer
+    assert isinstance(consumer, SnapshotFetchConsumer)
+    thread = _Thread()
+    consumer._thread = thread  # type: ignore[assignment]
+    live = {TopicPartition("t.raw", 0)}
+    await consumer._getmany(live, timeout=0.01)
+    (asked,) = thread.asked
+    assert asked == {TopicPartition("t.raw", 0)} and asked is not live
+    live.clear()  # paused while the fetch waits: it must not turn into "every partition"
+    assert asked == {TopicPartition("t.raw", 0)}
+    assert await consumer._getmany(set(), timeout=0.01) == {}
+    assert len(thread.asked) == 1  # nothing fetched for an empty set (aiokafka: empty = all)
