@@ -50,14 +50,23 @@ def embedded_kafka(settings: Settings, *, port: int = 0) -> Iterator[str]:
 
 
 def ensure_topics_sync(settings: Settings) -> None:
-    """Create the topics of DESIGN.md (idempotent)."""
-    from cadr.topics import ensure_topics
+    """Create the topics of DESIGN.md and ``profile-edits`` (idempotent), and wait for their leaders.
 
-    asyncio.run(
-        ensure_topics(
+    The worker's profile-edits agent subscribes to ``profile-edits``: left missing, the subscription would have
+    the broker auto-create it with the broker's default partition count (not co-partitioned with the events,
+    so edits would reach the wrong worker and ``cadr profiles`` refuses it), and a group formed before it has
+    leaders ignores it until a later metadata refresh.
+    """
+    from cadr.topics import ensure_topics
+    from streams.profiles import ensure_edits_topic
+
+    async def ensure() -> None:
+        await ensure_topics(
             settings.kafka.bootstrap, prefix=settings.kafka.topic_prefix, partitions=settings.kafka.partitions
         )
-    )
+        await ensure_edits_topic(settings)
+
+    asyncio.run(ensure())
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

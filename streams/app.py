@@ -16,6 +16,7 @@ from typing import Any
 import faust
 
 from cadr.config import Settings
+from streams.recovery import CadrFaustApp, CadrTableManager
 
 __all__ = ["STAGES", "CadrApp", "create_app"]
 
@@ -80,11 +81,13 @@ def create_app(settings: Settings, stages: list[str] | None = None, **overrides:
         "table_cleanup_interval": 30.0,
         "datadir": f"{settings.data_dir}/worker-{settings.worker.app_id}",
         "autodiscover": False,
+        # seeks the stream partitions before their records may flow (a restart otherwise can lose one)
+        "TableManager": CadrTableManager,
     }
     options.update(overrides)
     # Faust creates its worker folder without parents
     Path(options["datadir"]).parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(settings.worker.app_id, **options)
+    app = CadrFaustApp(settings.worker.app_id, **options)
     cadr_app = CadrApp(settings=settings, app=app)
     for name in settings.worker.agents or stages or STAGES:
         module = importlib.import_module(f"streams.{name}")

@@ -13,7 +13,7 @@ import pytest
 from cadr.commands.profiles import allow_edit
 from cadr.runtime import ChildProcess, spawn_cadr
 from schemas.records import Dns, Event, EventKind, File, Network, Process, Source, Workload
-from streams.profiles import ensure_edits_topic, publish_edits
+from streams.profiles import publish_edits
 from tests.pipeline_harness import consume_until, make_settings, publish
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -29,10 +29,7 @@ def settings(kafka_broker: Any, topic_prefix: str, tmp_path: Path):  # type: ign
     from cadr.runtime import ensure_topics_sync
 
     s = make_settings(kafka_broker.bootstrap, topic_prefix, tmp_path / "state", learning_window_s=3600.0)
-    ensure_topics_sync(s)
-    # created before the worker subscribes, with the events topic's partition count (a broker's
-    # auto-created topic would get the broker default and break co-partitioning)
-    asyncio.run(ensure_edits_topic(s))
+    ensure_topics_sync(s)  # profile-edits too, with the events topic's partition count
     return s
 
 

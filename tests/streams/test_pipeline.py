@@ -26,6 +26,25 @@ def settings(kafka_broker: Any, topic_prefix: str, tmp_path: Path):  # type: ign
     return s
 
 
+def test_worker_topics_include_profile_edits_co_partitioned_with_events(settings: Any) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def partitions() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+        await admin.start()
+        try:
+            names = [settings.topic("events"), settings.topic("profile-edits")]
+            return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
+        finally:
+            await admin.close()
+
+    # made by the settings fixture's ensure_topics_sync, as `cadr worker` does before it subscribes
+    assert asyncio.run(partitions()) == {
+        settings.topic("events"): settings.kafka.partitions,
+        settings.topic("profile-edits"): settings.kafka.partitions,
+    }
+
+
 def test_event_reaches_clickhouse_enriched_and_its_incident_the_topic(settings: Any) -> None:
     events = attack_events(cluster="")  # cluster is filled in by enrich
     worker = Pipeline(settings).start()
@@ -94,5 +113,38 @@ def test_malformed_records_land_in_dlq_and_the_worker_keeps_going(settings: Any)
         assert any(d["payload_b64"] for d in letters)
         events = asyncio.run(consume_until(settings, "events", lambda recs: len(recs) >= 3, timeout=120))
         assert sorted(e["event_id"] for e in events) == sorted(e.event_id for e in good)
+    finally:
+        worker.stop()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(settings: Any) -> None:
+    total = 30_000
+    settings.store.batch_size = 2_000  # many inserts, so the kill lands between two of them
+    events = benign_events(start_ns=1_650_000_000_000_000_000, count=total)
+    asyncio.run(publish(settings, events))
+    worker = Pipeline(settings).start()
+
+    def count() -> tuple[int, int]:
+        rows = run_query(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM cadr.events")
+        return rows[0]["n"], rows[0]["u"]
+
+    def some_rows() -> bool:
+        try:
+            return count()[0] > 0
+        except AssertionError:  # the store is created by the worker's first start
+            return False
+
+    # kill once some, but not all, rows are in
+    worker.wait_until(some_rows, 180, "the first rows in ClickHouse", interval=0.3)
+    worker.kill()
+    first = count()
+    assert first[0] == first[1]
+    assert 0 < first[0] < total, f"the kill did not land mid-stream ({first[0]} of {total} stored)"
+    worker = Pipeline(settings).start()
+    try:
+        worker.wait_until(lambda: count()[1] == total, 240, "every event in ClickHouse")
+        n, unique = count()
+        assert (n, unique) == (total, total), f"{n} rows for {unique} events (killed at {first[0]})"
     finally:
         worker.stop()
