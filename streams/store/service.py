@@ -131,6 +131,7 @@ class StoreService(Service):
         self._endpoint: QueryEndpoint | None = None
         self._topic_kind = {settings.topic(t): t for t in self.logical_topics}
         self._stopped_unstored = False
+        self._completing = asyncio.Lock()
 
     @property
     def group_id(self) -> str:
@@ -277,6 +278,14 @@ class StoreService(Service):
             self.stats.add(kind, report)
 
     async def _complete_oldest(self) -> None:
+        # The consume loop and a rebalance's drain() can both get here: one completes the oldest batch at a
+        # time, or both would await the same future and the second would pop (and commit past) the next,
+        # unfinished batch.
+        async with self._completing:
+            if self._pending and not self._stopped_unstored:
+                await self._complete_oldest_locked()
+
+    async def _complete_oldest_locked(self) -> None:
         future, batch = self._pending[0]
         try:
             await future

@@ -77,3 +77,37 @@ def test_sigkill_mid_stream_and_restart_stores_each_event_once(
             ((attempted,),) = reader.rows("SELECT sum(rows) FROM cadr.sink_log")
         assert (total, distinct) == (12000, 12000), f"rows attempted incl. redeliveries: {attempted}"
         assert int(attempted) >= 12000
+
+
+def test_a_rebalance_drain_and_the_consume_loop_complete_each_batch_once_in_order() -> None:
+    """drain() (from a rebalance callback) and the consume loop may both wait on the oldest batch; the second
+    must not take the next, unfinished batch off the list and commit past it."""
+    import asyncio
+
+    from cadr.config import Settings
+    from streams.store.service import StoreService
+
+    async def scenario() -> list[int]:
+        service = StoreService(Settings())
+        committed: list[int] = []
+
+        async def commit(consumer: Any, batch: Any) -> None:
+            committed.append(batch["id"])
+
+        service._commit = commit  # type: ignore[method-assign]
+        service._consumer = object()  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        service._pending.extend([(first, {"id": 1}), (second, {"id": 2})])  # type: ignore[list-item]
+        loop_side = asyncio.create_task(service._complete_oldest())
+        rebalance_side = asyncio.create_task(service.drain())
+        await asyncio.sleep(0.01)
+        first.set_result(None)
+        await asyncio.sleep(0.01)
+        assert committed == [1], "the unfinished second batch was completed"
+        assert len(service._pending) == 1
+        second.set_result(None)
+        await asyncio.wait_for(asyncio.gather(loop_side, rebalance_side), 5)
+        return committed
+
+    assert asyncio.run(scenario()) == [1, 2]
