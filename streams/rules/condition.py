@@ -121,13 +121,6 @@ def _compare_constant(left: ValueFn, op: str, test: Callable[[Any, Any], bool], 
     rv_for_str = _cmp_values("", rv)[1]
     rv_for_int = _cmp_values(0, rv)[1]
 
-    def one(v: Any) -> bool:
-        a, b = _cmp_values(v, rv)
-        try:
-            return test(a, b)
-        except TypeError:
-            return False
-
     def compare(ctx: Any) -> bool:
         lv = left(ctx)
         cls = lv.__class__
@@ -136,14 +129,28 @@ def _compare_constant(left: ValueFn, op: str, test: Callable[[Any, Any], bool], 
                 return test(lv, rv_for_str if cls is str else rv_for_int)
             except TypeError:
                 return False
-        if op == "!=" and not isinstance(lv, list):
-            if lv is None:
-                return rv is not None
-            a, b = _cmp_values(lv, rv)
-            return bool(a != b)
-        return _any(lv, one)
+        return _compare_values(lv, rv, op, test)
 
     return compare
+
+
+def _compare_values(lv: Any, rv: Any, op: str, test: Callable[[Any, Any], bool]) -> bool:
+    """``lv <op> rv`` for any left value: a scalar (the literal brought to its type), ``None`` or a list (true
+    when one element matches; ``!=`` on a scalar is the plain negation)."""
+    if op == "!=" and not isinstance(lv, list):
+        if lv is None:
+            return rv is not None
+        a, b = _cmp_values(lv, rv)
+        return bool(a != b)
+
+    def one(v: Any) -> bool:
+        a, b = _cmp_values(v, rv)
+        try:
+            return test(a, b)
+        except TypeError:
+            return False
+
+    return _any(lv, one)
 
 
 def _any(value: Any, test: Callable[[Any], bool]) -> bool:
@@ -414,20 +421,6 @@ class _Parser:
 
         def compare(ctx: Any) -> bool:
             rv = right(ctx)
-            lv = left(ctx)
-            if op == "!=" and not isinstance(lv, list):
-                if lv is None:
-                    return rv is not None
-                a, b = _cmp_values(lv, rv)
-                return bool(a != b)
-
-            def one(v: Any) -> bool:
-                a, b = _cmp_values(v, rv)
-                try:
-                    return test(a, b)
-                except TypeError:
-                    return False
-
-            return _any(lv, one)
+            return _compare_values(left(ctx), rv, op, test)
 
         return compare
