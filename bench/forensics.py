@@ -34,8 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from cadr.config import Settings
 from cadr.topics import ensure_topics
-from schemas.codec import join_batch
-from streams.enrich import OUTPUT_BATCH_EVENTS
+from streams.enrich import workload_batches
 from streams.forensics.named import bind_params, load_named_queries
 from streams.forensics.reader import open_reader
 from streams.forensics.synth import ATTACK, ClusterModel, generate
@@ -90,8 +89,8 @@ async def publish(
 
 
 def framed(events: Iterator[tuple[bytes, bytes]], window: int) -> Iterator[tuple[bytes, bytes]]:
-    """Records as the enrich stage frames them (see streams/enrich.py): per window of ``window`` events, one
-    event batch per workload, in order, of at most OUTPUT_BATCH_EVENTS events."""
+    """Records as the enrich stage frames them: per window of ``window`` events, one event batch per workload,
+    in order (:func:`streams.enrich.workload_batches`)."""
     if window <= 1:
         yield from events
         return
@@ -102,9 +101,7 @@ def framed(events: Iterator[tuple[bytes, bytes]], window: int) -> Iterator[tuple
         by_key: dict[bytes, list[bytes]] = {}
         for key, value in chunk:
             by_key.setdefault(key, []).append(value)
-        for key, values in by_key.items():
-            for start in range(0, len(values), OUTPUT_BATCH_EVENTS):
-                yield key, join_batch(values[start : start + OUTPUT_BATCH_EVENTS])
+        yield from workload_batches(by_key)
 
 
 async def consume_only(bootstrap: str, topic: str, records: int, per_record: float) -> float:

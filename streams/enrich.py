@@ -11,21 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import msgspec
-
-from schemas.codec import dead_letter, decode_event, encode, join_batch, split_batch
+from schemas.codec import dead_letter, decode_event, decode_events, encode, join_batch, split_batch
 from schemas.errors import RecordError
 from schemas.records import Event, Workload
 
-__all__ = ["EnrichResult", "Enricher", "WorkloadLookup", "register"]
+__all__ = ["EnrichResult", "Enricher", "WorkloadLookup", "register", "workload_batches"]
 
 log = logging.getLogger(__name__)
-
-_EVENT_LIST = msgspec.json.Decoder(list[Event])
 
 
 class WorkloadLookup(Protocol):
@@ -37,6 +33,14 @@ class WorkloadLookup(Protocol):
 #: events per output record: large enough to amortize the per-record cost of Kafka and Faust,
 #: small enough to keep one record far below the topic's message size limit
 OUTPUT_BATCH_EVENTS = 500
+
+
+def workload_batches(grouped: dict[bytes, list[bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    """The ``cadr.events`` records for encoded events grouped by workload key: one event batch per workload,
+    in order, of at most :data:`OUTPUT_BATCH_EVENTS` events (the framing the store and detect read)."""
+    for key, encoded in grouped.items():
+        for start in range(0, len(encoded), OUTPUT_BATCH_EVENTS):
+            yield key, join_batch(encoded[start : start + OUTPUT_BATCH_EVENTS])
 
 
 @dataclass
@@ -120,11 +124,11 @@ class Enricher:
         grouped: dict[bytes, list[bytes]] = {}
         for i, value in enumerate(values):
             src = _Source(*sources[i]) if sources is not None else _Source()
-            if value is not None and value[:1] == b"[" and len(value) <= self.max_record_bytes:
+            if value is not None and value[:1] == b"[":
                 # the common case: a sensor's event batch, decoded and validated in one pass
                 try:
-                    batch = _EVENT_LIST.decode(value)
-                except (msgspec.DecodeError, UnicodeDecodeError):
+                    batch = decode_events(value, max_bytes=self.max_record_bytes)
+                except RecordError:
                     pass  # the element-wise path below dead-letters each bad element with its reason
                 else:
                     self.counters["in"] += len(batch)
@@ -148,10 +152,7 @@ class Enricher:
                     self._dead(out, payload, reason, now, src)
                     continue
                 self._accept(out, grouped, [event])
-        for key, encoded in grouped.items():
-            for start in range(0, len(encoded), OUTPUT_BATCH_EVENTS):
-                chunk = encoded[start : start + OUTPUT_BATCH_EVENTS]
-                out.events.append((key, join_batch(chunk)))
+        out.events.extend(workload_batches(grouped))
         return out
 
     def _accept(self, out: EnrichResult, grouped: dict[bytes, list[bytes]], events: list[Event]) -> None:
