@@ -32,6 +32,7 @@ __all__ = [
     "decode_profile",
     "encode",
     "encode_batch",
+    "is_batch",
     "join_batch",
     "split_batch",
     "to_dict",
@@ -184,13 +185,18 @@ def encode_batch(events: list[Event]) -> bytes:
     return join_batch([encode(e) for e in events])
 
 
+def is_batch(data: bytes) -> bool:
+    """Is this record value an event batch (a JSON array)? Leading whitespace is rare: strip only then."""
+    first = data[:1]
+    return first == b"[" or (first.isspace() and data.lstrip()[:1] == b"[")
+
+
 def split_batch(data: bytes, *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> list[bytes]:
     """The event payloads inside one record value (a JSON object, or an array of them).
 
     A malformed array raises :class:`RecordError`; elements are returned as raw bytes so each
     is validated (and dead-lettered) on its own."""
-    stripped = data.lstrip()
-    if not stripped.startswith(b"["):
+    if not is_batch(data):
         return [data]
     try:
         return [bytes(raw) for raw in _RAW_LIST.decode(data)]

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from schemas.codec import dead_letter, decode_event, decode_events, encode, join_batch, split_batch
+from schemas.codec import dead_letter, decode_event, decode_events, encode, is_batch, join_batch, split_batch
 from schemas.errors import RecordError
 from schemas.records import Event, Workload
 
@@ -124,7 +124,7 @@ class Enricher:
         grouped: dict[bytes, list[bytes]] = {}
         for i, value in enumerate(values):
             src = _Source(*sources[i]) if sources is not None else _Source()
-            if value is not None and value[:1] == b"[":
+            if value is not None and is_batch(value):
                 # the common case: a sensor's event batch, decoded and validated in one pass
                 try:
                     batch = decode_events(value, max_bytes=self.max_record_bytes)

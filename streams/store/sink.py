@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import msgspec
 import pyarrow as pa
 
-from schemas.codec import decode, split_batch
+from schemas.codec import decode, is_batch, split_batch
 from schemas.errors import RecordError
 from schemas.records import Alert, Event, Incident, Profile
 from streams.store import columns
@@ -498,11 +498,11 @@ def ingest_blob(values: Sequence[bytes]) -> tuple[bytes, str]:
     without the GIL). Empty batches contribute nothing.
     """
     lines = [v.replace(b"\n", b" ") if b"\n" in v else v for v in values]
-    if not any(map(_is_batch, lines)):
+    if not any(map(is_batch, lines)):
         return b"\n".join(lines), "LineAsString"
     parts = []
     for v in lines:
-        if _is_batch(v):
+        if is_batch(v):
             inner = v.strip()[1:-1].strip()
             if inner:
                 parts.append(inner)
@@ -511,14 +511,8 @@ def ingest_blob(values: Sequence[bytes]) -> tuple[bytes, str]:
     return b"[" + b",".join(parts) + b"]", "JSONAsString"
 
 
-def _is_batch(value: bytes) -> bool:
-    """Is this record value an event batch (a JSON array)? Leading whitespace is rare: strip only then."""
-    first = value[:1]
-    return first == b"[" or (first in (b" ", b"\t", b"\r", b"\n") and value.lstrip()[:1] == b"[")
-
-
 def _count_events(values: Sequence[bytes]) -> int:
-    return sum(len(split_batch(v)) if _is_batch(v) else 1 for v in values)
+    return sum(len(split_batch(v)) if is_batch(v) else 1 for v in values)
 
 
 def _split_records(
@@ -529,7 +523,7 @@ def _split_records(
     payloads: list[bytes] = []
     out: list[Coord | None] = []
     for value, coord in zip(values, coords, strict=True):
-        if _is_batch(value):
+        if is_batch(value):
             try:
                 parts = split_batch(value)
             except RecordError:
@@ -544,7 +538,7 @@ def _split_records(
 
 def _reject_reason(payload: bytes, type_: type[Any]) -> str:
     # The batch decoder says little about *where*; the shared codec names the field ($.process.pid).
-    if _is_batch(payload):
+    if is_batch(payload):
         try:
             split_batch(payload)  # a batch left whole by _split_records: say what is wrong with it
         except RecordError as exc:
