@@ -1,7 +1,8 @@
 """Open clickhouse-connect clients for a store DSN: ``chdb:///<dir>`` (embedded) or ``http(s)://host:port``.
 
 Every ClickHouse call in cadr goes through clickhouse-connect, so the embedded engine and a server are used
-through the same API. Read-only clients are read-only *at the server*: the ``readonly`` setting is applied to
+through the same API; the one exception is the sink's raw insert into an embedded engine, which feeds it from
+an in-memory file through a chdb handle of its own (:mod:`streams.store.raw_insert`). Read-only clients are read-only *at the server*: the ``readonly`` setting is applied to
 the connection, and ClickHouse refuses writes, DDL, SYSTEM, table functions that touch files or URLs, and any
 attempt to lower the setting again.
 """
@@ -104,7 +105,8 @@ def wrap_error(exc: BaseException, what: str) -> StoreError:
         return StoreUnavailableError(f"{what}: store unavailable: {first}")
     if "Cannot lock file" in text or "Another server instance" in text:
         return StoreLockedError(f"{what}: {first}")
-    if isinstance(exc, (DatabaseError, ClickHouseError)):
+    if isinstance(exc, (DatabaseError, ClickHouseError)) or _is_server_error(text):
+        # (the second: chdb's own handle, used by the sink's raw inserts, raises RuntimeError)
         return QueryError(f"{what}: {_clean(text)}")
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
         return StoreUnavailableError(f"{what}: store unavailable: {first}")

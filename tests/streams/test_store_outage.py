@@ -15,6 +15,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from streams.store.client import open_client
+from streams.store.raw_insert import MemfdInserter, open_raw_inserter
 from streams.store.sink import Backoff, StoreWriter, WriteReport
 from tests.streams.clickhouse_http import ClickHouseHttp
 from tests.streams.store_support import coords, payloads, store_counts
@@ -54,7 +55,8 @@ def test_writer_blocks_through_an_http_outage_then_stores_everything_once(tmp_pa
 
 
 class _LostAnswer:
-    """A client whose first insert lands but whose answer is lost (connection reset after the write)."""
+    """A client (and raw inserter) whose first events insert lands but whose answer is lost (connection reset
+    after the write)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -76,7 +78,23 @@ class _LostAnswer:
         return getattr(self._client, name)
 
 
-def test_a_lost_insert_answer_does_not_duplicate(tmp_path: Path) -> None:
+class _LostInserterAnswer:
+    """The fast path's raw inserter (for a chdb directory: an in-memory file read by the engine), losing the
+    answer of its client's first events insert."""
+
+    def __init__(self, client: _LostAnswer, dsn: str) -> None:
+        self._proxy = client
+        self._inserter = open_raw_inserter(client, dsn)
+
+    def insert(self, client: Any, table: str, *args: Any) -> int:
+        return int(self._proxy._lose_answer(table, self._inserter.insert(client, table, *args)))
+
+    def close(self) -> None:
+        self._inserter.close()
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_lost_insert_answer_does_not_duplicate(tmp_path: Path, fast_path: bool) -> None:
     dsn = f"chdb://{tmp_path / 'store'}"
     proxies: list[_LostAnswer] = []
 
@@ -85,37 +103,26 @@ def test_a_lost_insert_answer_does_not_duplicate(tmp_path: Path) -> None:
         return proxies[-1]
 
     values = payloads(500)
-    with StoreWriter(dsn, client_factory=factory, backoff=Backoff(initial_s=0.01)) as writer:
+    with StoreWriter(
+        dsn,
+        client_factory=factory,
+        inserter_factory=_LostInserterAnswer,
+        backoff=Backoff(initial_s=0.01),
+        fast_path=fast_path,
+    ) as writer:
         report = writer.write_events(values, coords(500))
         assert proxies[0].lost == 1
         assert (report.inserted, report.duplicates) == (0, 500)  # landed the first time; the retry found it
         assert store_counts(dsn) == (500, 500)
 
 
-def test_stopping_while_the_store_is_down_raises_instead_of_dropping(tmp_path: Path) -> None:
-    server = ClickHouseHttp(tmp_path / "ch").start()
-    try:
-        stop = threading.Event()
-        writer = StoreWriter(server.dsn, stop=stop, backoff=Backoff(initial_s=0.05, maximum_s=0.2)).open()
-        server.stop()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                writer.write_events(payloads(10))
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        _wait(lambda: writer.failures >= 2, 60, "the writer to hit the outage")
-        stop.set()
-        thread.join(30)
-        from streams.store.errors import StoreUnavailableError
-
-        assert len(errors) == 1 and isinstance(errors[0], StoreUnavailableError)
-    finally:
-        server.stop()
+def test_the_fast_path_feeds_an_embedded_store_from_memory(tmp_path: Path) -> None:
+    dsn = f"chdb://{tmp_path / 'store'}"
+    with StoreWriter(dsn) as writer:
+        assert isinstance(writer.inserter, MemfdInserter)
+        report = writer.write_events(payloads(300), coords(300))
+        assert (report.received, report.inserted) == (300, 300)
+    assert store_counts(dsn) == (300, 300)
 
 
 @pytest.mark.slow

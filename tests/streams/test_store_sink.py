@@ -12,7 +12,8 @@ from schemas.codec import encode, join_batch
 from schemas.records import Alert, Incident, Profile, Severity
 from streams.store.columns import events_table
 from streams.store.dedup import Coord
-from streams.store.sink import StoreWriter, ingest_blob
+from streams.store.raw_insert import ingest_body
+from streams.store.sink import StoreWriter
 from tests.streams.store_support import coords, event, payloads, rows, store_counts
 
 
@@ -183,14 +184,20 @@ def test_incident_revisions_and_latest_view(dsn: str) -> None:
         assert rows(dsn, "SELECT count() FROM cadr.profiles_latest") == [(1,)]
 
 
-def test_ingest_blob_frames_single_events_as_lines_and_batches_as_one_array() -> None:
+def _joined(values: list[bytes]) -> tuple[bytes, str]:
+    body, fmt = ingest_body(values)
+    return b"".join(body), fmt
+
+
+def test_ingest_body_frames_single_events_as_lines_and_batches_as_one_array() -> None:
     a, b, c = (encode(event(x)) for x in "abc")
     pretty = b'{\n  "event_id": "p"\n}'
-    assert ingest_blob([a, pretty]) == (a + b'\n{   "event_id": "p" }', "LineAsString")
-    assert ingest_blob([join_batch([a, b]), b"[]", b" [ ]", c]) == (
-        b"[" + a + b"," + b + b"," + c + b"]",
+    assert _joined([a, pretty]) == (a + b'\n{   "event_id": "p" }', "LineAsString")
+    assert _joined([join_batch([a, b]), b"[]", b"[ ]", b" [ ]", b"[\n" + a + b"\n]", c]) == (
+        b"[" + a + b"," + b + b"," + a + b"," + c + b"]",
         "JSONAsString",
     )
+    assert _joined([b"[]", b" [ ] "]) == (b"[]", "JSONAsString")
 
 
 def test_event_batches_and_single_events_are_stored_on_the_fast_path(dsn: str) -> None:
