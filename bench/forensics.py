@@ -128,6 +128,22 @@ async def consume_only(bootstrap: str, topic: str, records: int, per_record: flo
     return seen * per_record / (time.monotonic() - started)
 
 
+def reset_peak_rss() -> None:
+    """Start the peak-RSS count afresh (Linux: "5" to clear_refs resets VmHWM), so the figure is the sink's,
+    not the publisher's."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory since :func:`reset_peak_rss` (VmHWM), in MiB; 0 when unknown."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 async def ingest(settings: Settings, n: int) -> tuple[float, float, StoreService]:
     """Run the store service until ``n`` events are stored; returns (wall seconds from the first stored batch to
     the last, CPU seconds of this process meanwhile — the engine runs in-process, so that is the sink's whole
@@ -269,14 +285,14 @@ async def main_async(args: argparse.Namespace) -> int:
     settings.worker.app_id = f"bench{os.getpid()}"
     settings.store.batch_size = args.batch_size
     settings.store.batch_bytes = args.batch_mib << 20
-    settings.store.flush_interval_s = 1.0
+    settings.store.flush_interval_s = args.flush_s
     n = args.events
     model = ClusterModel(namespaces=args.namespaces, workloads_per_namespace=args.workloads)
     try:
         await ensure_topics(bootstrap, prefix, partitions=args.partitions)
         topic = settings.topic("events")
         _say(
-            f"cadr forensics bench: {n:,} events, {args.partitions} partitions, sink batch {args.batch_size:,} records, "
+            f"cadr forensics bench: {n:,} events, {args.partitions} partitions, sink batch {args.batch_size:,} records or {args.batch_mib} MiB, "
             f"enrich window {args.window:,}, in {work}"
         )
         seconds, records = await publish(bootstrap, topic, n, args.partitions, model, args.window)
@@ -291,6 +307,7 @@ async def main_async(args: argparse.Namespace) -> int:
             f"baseline: bare aiokafka consume {base_rate:,.0f} ev/s ({baseline_n:,} events, no decode, no insert)"
         )
         load_before = os.getloadavg()[0]
+        reset_peak_rss()
         elapsed, cpu, service = await ingest(settings, n)
         stats = service.stats
         rate = stats.inserted / elapsed
@@ -302,7 +319,8 @@ async def main_async(args: argparse.Namespace) -> int:
         _say(
             f"  cost: {cpu:.1f} CPU-seconds = {cpu / max(stats.inserted, 1) * 1e6:.1f} us/event "
             f"({stats.inserted / max(cpu, 1e-9):,.0f} ev/s per busy core); machine load average "
-            f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other processes share them)"
+            f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other processes share them); "
+            f"peak RSS while ingesting {peak_rss_mib():,.0f} MiB"
         )
         add_incident(settings)
         settle = wait_for_merges(settings, args.settle_s)
@@ -341,11 +359,24 @@ def main() -> int:
     parser.add_argument(
         "--partitions", type=int, default=4, help="partitions of the events topic (default: 4)"
     )
+    defaults = Settings().store
     parser.add_argument(
-        "--batch-size", type=int, default=100_000, help="most records per sink insert (default: 100,000)"
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"most records per sink insert (default: store.batch_size, {defaults.batch_size:,})",
     )
     parser.add_argument(
-        "--batch-mib", type=int, default=48, help="most MiB of events per sink insert (default: 48)"
+        "--batch-mib",
+        type=int,
+        default=defaults.batch_bytes >> 20,
+        help=f"most MiB of events per sink insert (default: store.batch_bytes, {defaults.batch_bytes >> 20})",
+    )
+    parser.add_argument(
+        "--flush-s",
+        type=float,
+        default=defaults.flush_interval_s,
+        help="most seconds a sink batch waits to fill (default: the store.flush_interval_s default)",
     )
     parser.add_argument(
         "--window",
