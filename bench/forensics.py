@@ -33,6 +33,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from cadr.config import Settings
+from cadr.runtime import relax_cyclic_gc
 from cadr.topics import ensure_topics
 from streams.enrich import workload_batches
 from streams.forensics.named import bind_params, load_named_queries
@@ -148,6 +149,7 @@ async def ingest(settings: Settings, n: int) -> tuple[float, float, StoreService
     """Run the store service until ``n`` events are stored; returns (wall seconds from the first stored batch to
     the last, CPU seconds of this process meanwhile — the engine runs in-process, so that is the sink's whole
     cost — and the service)."""
+    relax_cyclic_gc()  # as `cadr worker` does
     service = StoreService(settings, topics=["events"], serve_queries=False)
     await service.start()
     cpu_started = time.process_time()

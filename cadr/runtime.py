@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -23,7 +24,21 @@ from cadr.children import die_with_parent
 from cadr.config import Settings
 from schemas.errors import CadrError
 
-__all__ = ["ChildProcess", "embedded_kafka", "ensure_topics_sync", "settings_env", "spawn_cadr"]
+__all__ = [
+    "ChildProcess",
+    "embedded_kafka",
+    "ensure_topics_sync",
+    "relax_cyclic_gc",
+    "settings_env",
+    "spawn_cadr",
+]
+
+#: young-generation threshold of the cyclic collector in a worker process. A stream worker allocates objects by
+#: the hundred thousand per second (the store alone: the consumer's record and its coordinate for each of
+#: ~20k records per batch), and with CPython's default of 700 the collector ran ~1,800 times and scanned the
+#: whole heap 14 times over a 3M-event ingest: 1.6 s, 5.8% of the sink's CPU. At 50,000: 18 young collections,
+#: no full scan, 0.38 s. The records do not form cycles; what does is freed by reference counting as before.
+GC_GEN0_THRESHOLD = 50_000
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +153,14 @@ class ChildProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def relax_cyclic_gc() -> None:
+    """Raise the cyclic collector's thresholds for a streaming worker process (never lowers them, and leaves
+    a collector switched off with a threshold of 0 off)."""
+    gen0, gen1, gen2 = gc.get_threshold()
+    if 0 < gen0 < GC_GEN0_THRESHOLD:
+        gc.set_threshold(GC_GEN0_THRESHOLD, max(gen1, 20), max(gen2, 100))
 
 
 def spawn_cadr(

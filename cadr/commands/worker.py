@@ -34,9 +34,10 @@ def run_worker(settings: Settings) -> int:
     """Run the worker until SIGINT/SIGTERM (blocking)."""
     import faust
 
-    from cadr.runtime import ensure_topics_sync
+    from cadr.runtime import ensure_topics_sync, relax_cyclic_gc
     from streams.app import create_app
 
+    relax_cyclic_gc()
     ensure_topics_sync(settings)
     cadr_app = create_app(settings)
     level = logging.getLogger().getEffectiveLevel()
