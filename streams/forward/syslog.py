@@ -135,12 +135,25 @@ def _outq(sock: socket.socket) -> int:
     return int(struct.unpack("i", buf)[0])
 
 
+def _readable(sock: socket.socket, timeout_s: float) -> bool:
+    """Is ``sock`` readable (data, EOF, reset) within ``timeout_s``?
+
+    poll(2), not select(2): select cannot watch a descriptor numbered 1024 or above and fails with
+    "filedescriptor out of range". A busy forwarder reaches such numbers (an embedded ClickHouse alone keeps
+    three open files per thread), and reading that failure as "peer closed" made every send to a live
+    receiver fail.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)  # POLLHUP and POLLERR are always reported
+    return bool(poller.poll(max(0, int(timeout_s * 1000))))
+
+
 def _peer_closed(sock: socket.socket) -> bool:
     """Has the receiver closed (or reset) the connection? Syslog receivers never send data."""
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        readable = _readable(sock, 0)
     except (OSError, ValueError):
-        return True
+        return True  # a closed socket (fileno -1)
     if not readable:
         return False
     timeout = sock.gettimeout()
@@ -296,8 +309,7 @@ class Syslog(Destination):
         # client certificate; a server that refuses it closes right after. Bytes sent in
         # that window would still be TCP-acknowledged, so give the refusal a moment to
         # arrive before the first batch goes out.
-        readable, _, _ = select.select([sock], [], [], min(_TLS_SETTLE_S, self.cfg.timeout_s))
-        if readable and _peer_closed(sock):
+        if _readable(sock, min(_TLS_SETTLE_S, self.cfg.timeout_s)) and _peer_closed(sock):
             sock.close()
             raise ConnectionRefusedError(
                 "the receiver closed the TLS session after the handshake (client certificate?)"

@@ -206,3 +206,40 @@ async def test_receiver_restart_loses_nothing(tmp_path: Path) -> None:
         await dest.close()
         d.stop()
     _check_order(lines, {i.dedup_id for i in first + second})
+
+
+@pytest.fixture
+def high_descriptors(tmp_path: Path) -> Iterator[None]:
+    """Hold enough open files that new sockets get descriptor numbers above 1024 (select's FD_SETSIZE), as
+    in a busy forwarder: an embedded ClickHouse alone keeps three open files per thread."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1300:
+        pytest.skip(f"the open-files limit ({hard}) is too low to reach descriptor 1024")
+    if soft != resource.RLIM_INFINITY and soft < 1300:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1300, hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.usefixtures("high_descriptors")
+async def test_a_socket_numbered_above_1024_still_delivers(rsyslog: Rsyslogd) -> None:
+    """select(2) refused such descriptors and the refusal read as "the receiver closed": every send failed."""
+    import socket
+
+    probe = socket.socket()
+    assert probe.fileno() > 1024
+    probe.close()
+    items, metrics = await _deliver({"port": rsyslog.port, "batch_size": 4}, [(n, 1) for n in range(8)])
+    lines = await rsyslog.wait_lines(8)
+    _check_order(lines, {i.dedup_id for i in items})
+    assert (metrics.sent, metrics.failed) == (8, 0)
