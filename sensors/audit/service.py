@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from cadr.config import AuditSettings, Settings
+from cadr.runtime import relax_cyclic_gc
 from sensors.audit.credentials import ensure_local_credentials
 from sensors.audit.errors import AuditError
 from sensors.audit.sink import KafkaSink, Record, Sink
 from sensors.audit.tailer import AuditLogTailer
 from sensors.audit.webhook import AuditWebhook
 
-__all__ = ["AuditRunOptions", "JsonLinesSink", "run_audit_sensor", "tune_gc"]
+__all__ = ["AuditRunOptions", "JsonLinesSink", "run_audit_sensor"]
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +68,6 @@ class JsonLinesSink:
         for _, value in dead:
             self._fh.write(b'{"dead_letter":' + value + b"}\n")
         self._fh.flush()
-
-
-def tune_gc() -> None:
-    """Make the cyclic GC cheap for a process that parses large JSON batches.
-
-    Every webhook body allocates tens of thousands of short-lived dicts and lists; with the default
-    gen0 threshold (700) the collector runs dozens of times per batch and rescans the long-lived
-    objects of the process. Freezing what exists at start-up and raising the threshold halved the
-    per-event cost in bench/audit.py. Reference cycles are rare here (plain JSON trees), so memory
-    stays bounded.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def _sink(settings: Settings, opts: AuditRunOptions) -> Sink:
@@ -169,7 +154,8 @@ async def run_audit_sensor(settings: Settings, opts: AuditRunOptions, stop: asyn
                 start_at_end=opts.start_at_end,
             )
             tasks.append(asyncio.create_task(tailer.run(stop)))
-        tune_gc()  # once everything is up (a configuration error leaves the caller's process as it was)
+        # once everything is up (a configuration error leaves the caller's process as it was)
+        relax_cyclic_gc(freeze=True)
         if opts.duration_s is not None:
             try:
                 await asyncio.wait_for(stop.wait(), opts.duration_s)

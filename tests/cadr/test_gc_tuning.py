@@ -36,3 +36,13 @@ def test_a_collector_switched_off_stays_off() -> None:
     gc.set_threshold(0)
     relax_cyclic_gc()
     assert gc.get_threshold()[0] == 0
+
+
+@pytest.mark.usefixtures("restore_thresholds")
+def test_freeze_moves_what_exists_out_of_the_collectors_sight() -> None:
+    gc.unfreeze()
+    try:
+        relax_cyclic_gc(freeze=True)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
