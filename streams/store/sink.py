@@ -106,6 +106,13 @@ def _error_code(exc: BaseException) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _classify(exc: BaseException, what: str) -> tuple[StoreError, bool]:
+    """``exc`` in cadr's error tree, and whether the server refused the data itself (a parse or conversion
+    failure: sending the same bytes again cannot help)."""
+    error = exc if isinstance(exc, StoreError) else wrap_error(exc, what)
+    return error, isinstance(error, QueryError) and _error_code(error) in _DATA_ERROR_CODES
+
+
 class StoreWriter:
     """Writes batches of records to one ClickHouse database; one writer per thread (no shared clients)."""
 
@@ -205,8 +212,8 @@ class StoreWriter:
             try:
                 return fn()
             except Exception as exc:
-                error = exc if isinstance(exc, StoreError) else wrap_error(exc, what)
-                if isinstance(error, QueryError) and _error_code(error) in _DATA_ERROR_CODES:
+                error, data_error = _classify(exc, what)
+                if data_error:
                     raise error from exc
                 self._drop_client()
                 self._pause(what, error, delays)
@@ -273,8 +280,7 @@ class StoreWriter:
         try:
             written = self.inserter.insert(self.client, full, "raw", body, fmt, _INSERT_SETTINGS)
         except Exception as exc:
-            error = exc if isinstance(exc, StoreError) else wrap_error(exc, f"inserting into {full}")
-            data_error = isinstance(error, QueryError) and _error_code(error) in _DATA_ERROR_CODES
+            error, data_error = _classify(exc, f"inserting into {full}")
             if not data_error:
                 self._drop_client()
             else:
@@ -456,8 +462,8 @@ class StoreWriter:
                 self.client.insert_arrow(full, table, settings=_INSERT_SETTINGS)
                 return int(table.num_rows)
             except Exception as exc:
-                error = exc if isinstance(exc, StoreError) else wrap_error(exc, f"inserting into {full}")
-                if not (isinstance(error, QueryError) and _error_code(error) in _DATA_ERROR_CODES):
+                error, data_error = _classify(exc, f"inserting into {full}")
+                if not data_error:
                     self._drop_client()
                     raise _InsertFailed(str(error)) from exc
             failures += 1
