@@ -507,7 +507,7 @@ class _InsertFailed(Exception):
 
 
 def _count_events(values: Sequence[bytes]) -> int:
-    return sum(len(split_batch(v)) if is_batch(v) else 1 for v in values)
+    return sum(len(split_batch(v)) for v in values)  # a single event splits into itself
 
 
 def _split_records(
@@ -518,16 +518,12 @@ def _split_records(
     payloads: list[bytes] = []
     out: list[Coord | None] = []
     for value, coord in zip(values, coords, strict=True):
-        if is_batch(value):
-            try:
-                parts = split_batch(value)
-            except RecordError:
-                parts = [value]
-            payloads.extend(parts)
-            out.extend([coord] * len(parts))
-        else:
-            payloads.append(value)
-            out.append(coord)
+        try:
+            parts = split_batch(value)  # a single event splits into itself
+        except RecordError:
+            parts = [value]
+        payloads.extend(parts)
+        out.extend([coord] * len(parts))
     return payloads, out
 
 
