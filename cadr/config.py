@@ -85,6 +85,9 @@ class DetectSettings:
     #: extra rule folders (the built-in rules always load)
     rules_dirs: list[str] = field(default_factory=list)
     disabled_rules: list[str] = field(default_factory=list)
+    #: also load rules of maturity "experimental" (off by default: e.g. the allowed-user list flags every
+    #: user it does not know, and its default list comes from another project)
+    experimental_rules: bool = False
     cooldown_s: float = 300.0
     learning_window_s: float = 86400.0
     #: label that overrides the learning window per workload (value in seconds)

@@ -202,7 +202,9 @@ def build_detector(
     settings: DetectSettings, profiles: MutableMapping[str, Profile] | None = None
 ) -> Detector:
     """A detector with the built-in rules plus the configured extra rule folders."""
-    rules = load_rules(settings.rules_dirs, disabled=settings.disabled_rules)
+    rules = load_rules(
+        settings.rules_dirs, disabled=settings.disabled_rules, experimental=settings.experimental_rules
+    )
     return Detector(rules=rules, settings=settings, profiles=profiles if profiles is not None else {})
 
 
@@ -212,7 +214,11 @@ def scan_events(
     """Offline detection (``cadr scan``, rule tests): events in time order → alerts."""
     settings = settings or DetectSettings()
     detector = Detector(
-        rules=rules or load_rules(settings.rules_dirs, disabled=settings.disabled_rules), settings=settings
+        rules=rules
+        or load_rules(
+            settings.rules_dirs, disabled=settings.disabled_rules, experimental=settings.experimental_rules
+        ),
+        settings=settings,
     )
     return detector.process_many(sorted(events, key=lambda e: e.time))
 

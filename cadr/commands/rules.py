@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from cadr.config import Settings
 from schemas.errors import CadrError
-from streams.rules import Rule, RuleSet, load_rules
+from streams.rules import Maturity, Rule, RuleSet, load_rules
 from streams.rules.cases import CaseResult, run_cases
 
 __all__ = ["DEFAULT_DOCS", "register", "render_docs", "render_results", "rule_summary"]
@@ -104,7 +104,8 @@ def render_results(results: Sequence[CaseResult], out: TextIO, *, failed_only: b
 
 
 def _handle_test(args: argparse.Namespace, settings: Settings) -> int:
-    ruleset = load_rules([*settings.detect.rules_dirs, *args.rules_dir])
+    # every rule's cases run, experimental ones too: a rule must work before a site switches it on
+    ruleset = load_rules([*settings.detect.rules_dirs, *args.rules_dir], experimental=True)
     results = run_cases(ruleset, args.rule)
     if args.json:
         for r in results:
@@ -127,8 +128,15 @@ def _handle_test(args: argparse.Namespace, settings: Settings) -> int:
 # -- list --------------------------------------------------------------------------------------
 
 
-def rule_summary(rule: Rule) -> dict[str, Any]:
-    """A rule as plain data (``cadr rules list --json``)."""
+def rule_enabled(rule: Rule, settings: Settings) -> bool:
+    """Whether the detect stage loads ``rule`` with these settings."""
+    if rule.id in settings.detect.disabled_rules:
+        return False
+    return rule.maturity is not Maturity.EXPERIMENTAL or settings.detect.experimental_rules
+
+
+def rule_summary(rule: Rule, enabled: bool = True) -> dict[str, Any]:
+    """A rule as plain data (``cadr rules list --json``); ``enabled``: loaded by the detect stage."""
     return {
         "id": rule.id,
         "name": rule.name,
@@ -139,6 +147,7 @@ def rule_summary(rule: Rule) -> dict[str, Any]:
         "tactic": rule.tactic,
         "needs_baseline": rule.needs_baseline,
         "maturity": rule.maturity.value,
+        "enabled": enabled,
         "tags": list(rule.tags),
         "description": rule.description,
         "condition": rule.condition,
@@ -147,16 +156,26 @@ def rule_summary(rule: Rule) -> dict[str, Any]:
 
 
 def _handle_list(args: argparse.Namespace, settings: Settings) -> int:
-    ruleset = load_rules([*settings.detect.rules_dirs, *args.rules_dir])
+    ruleset = load_rules([*settings.detect.rules_dirs, *args.rules_dir], experimental=True)
     rules = sorted(ruleset.rules, key=lambda r: r.id)
     if args.json:
-        sys.stdout.write(json.dumps([rule_summary(r) for r in rules], indent=2) + "\n")
+        listed = [rule_summary(r, rule_enabled(r, settings)) for r in rules]
+        sys.stdout.write(json.dumps(listed, indent=2) + "\n")
         return 0
     width = max([len(r.id) for r in rules] + [2])
-    sys.stdout.write(f"{'ID':<{width}}  {'SEVERITY':<8}  {'SOURCE':<9}  {'MITRE':<20}  NAME\n")
+    sys.stdout.write(
+        f"{'ID':<{width}}  {'SEVERITY':<8}  {'SOURCE':<9}  {'MATURITY':<12}  {'LOADED':<6}  {'MITRE':<20}  NAME\n"
+    )
     for r in rules:
         mitre = ",".join(r.mitre)
-        sys.stdout.write(f"{r.id:<{width}}  {r.severity.value:<8}  {r.source:<9}  {mitre:<20}  {r.name}\n")
+        loaded = "yes" if rule_enabled(r, settings) else "no"
+        sys.stdout.write(
+            f"{r.id:<{width}}  {r.severity.value:<8}  {r.source:<9}  {r.maturity.value:<12}  {loaded:<6}  "
+            f"{mitre:<20}  {r.name}\n"
+        )
+    off = sum(r.maturity is Maturity.EXPERIMENTAL for r in rules)
+    if off and not settings.detect.experimental_rules:
+        sys.stdout.write(f"{off} experimental rules are not loaded (set detect.experimental_rules = true)\n")
     return 0
 
 
@@ -231,7 +250,7 @@ def render_docs(ruleset: RuleSet) -> str:
 def _handle_docs(args: argparse.Namespace, settings: Settings) -> int:
     # The docs describe the project's rules: the config's extra folders are not read, so the
     # generated file is the same wherever it is generated.
-    text = render_docs(load_rules(args.rules_dir))
+    text = render_docs(load_rules(args.rules_dir, experimental=True))
     path = Path(args.output)
     if args.check:
         current = path.read_text() if path.exists() else ""

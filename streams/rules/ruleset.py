@@ -13,7 +13,7 @@ import yaml
 from schemas.records import Event, EventKind
 from streams.rules.condition import Compiler, ConditionError, Predicate
 from streams.rules.functions import FUNCTIONS, EvalContext
-from streams.rules.model import Match, Rule, RuleError
+from streams.rules.model import Match, Maturity, Rule, RuleError
 
 __all__ = ["BUILTIN_DIR", "AllowEntry", "RuleSet", "load_rules"]
 
@@ -97,11 +97,14 @@ def load_rules(
     disabled: Sequence[str] = (),
     allow: Sequence[dict[str, Any]] = (),
     sources: Sequence[str] = (),
+    experimental: bool = False,
 ) -> RuleSet:
     """Load and compile every rule folder (built-in plus ``extra_dirs``).
 
     ``sources`` keeps only rules of those sources (``ebpf``, ``k8s_audit``); ``allow`` is a list
-    of ``{rule, when, reason}`` tuning entries. Raises :class:`RuleError` naming the file.
+    of ``{rule, when, reason}`` tuning entries. Rules of maturity ``experimental`` are skipped unless
+    ``experimental`` is true (the ``detect.experimental_rules`` setting): their defaults are not yet
+    trusted to stay quiet on a real cluster. Raises :class:`RuleError` naming the file.
     """
     roots = ([BUILTIN_DIR] if include_builtin else []) + [Path(d) for d in extra_dirs]
     lists: dict[str, list[Any]] = {}
@@ -126,6 +129,8 @@ def load_rules(
                 raise RuleError(f"{path}: id {rule.id} already used by {seen[rule.id]}")
             seen[rule.id] = path
             if rule.id in disabled or (sources and rule.source not in sources):
+                continue
+            if rule.maturity is Maturity.EXPERIMENTAL and not experimental:
                 continue
             rule.compile(compiler)
             rules.append(rule)

@@ -184,7 +184,8 @@ def _ruleset(rules_files: tuple[str, ...], workdir: str) -> RuleSet:
             site_macros["k8s_image_allowlist_enforced"] = "k8s_api"
     if site_lists or site_macros:
         (site / "macros.yaml").write_text(yaml.safe_dump({"lists": site_lists, "macros": site_macros}))
-    return load_rules([site], disabled=disabled, allow=allow, sources=["k8s_audit"])
+    # Falco loads these policy rules by default; in cadr they are experimental, enabled by a setting
+    return load_rules([site], disabled=disabled, allow=allow, sources=["k8s_audit"], experimental=True)
 
 
 def _fired(ruleset: RuleSet, events: list[Event]) -> Counter[str]:

@@ -25,7 +25,7 @@ from streams.rules.cases import (
     run_cases,
 )
 
-RULES = load_rules()
+RULES = load_rules(experimental=True)
 ITEMS = collect_cases(RULES)
 
 _TECHNIQUE = re.compile(r"^T\d{4}(\.\d{3})?$")
