@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
@@ -24,6 +24,8 @@ __all__ = ["DetectState", "Detector", "actors_of", "register", "scan_events"]
 log = logging.getLogger(__name__)
 
 _ANCESTRY_DEPTH = 8
+#: most event times remembered per repeat key: a threshold rule counts to a small number
+_MAX_REPEATS = 256
 
 
 class _Lru(OrderedDict[str, object]):
@@ -42,9 +44,10 @@ class DetectState:
     """Short-lived per-node facts: the process tree (exec_id → exec event) and files written
     per container. Bounded LRUs: enough to explain an alert, never a memory leak."""
 
-    def __init__(self, max_procs: int = 200_000, max_written: int = 100_000) -> None:
+    def __init__(self, max_procs: int = 200_000, max_written: int = 100_000, max_keys: int = 50_000) -> None:
         self.procs = _Lru(max_procs)
         self.written_files = _Lru(max_written)
+        self.recent = _Lru(max_keys)
 
     def observe(self, event: Event) -> None:
         p = event.process
@@ -55,6 +58,18 @@ class DetectState:
 
     def written(self, event: Event, path: str) -> bool:
         return f"{event.workload.container_id}\x1f{path}" in self.written_files
+
+    def repeats(self, event: Event, key: str, window_ns: int) -> int:
+        """Count this event under ``key`` and return how many were counted within ``window_ns`` before it."""
+        times = self.recent.get(key)
+        if not isinstance(times, deque):
+            times = deque(maxlen=_MAX_REPEATS)
+        times.append(event.time)
+        oldest = event.time - window_ns
+        while times and times[0] < oldest:
+            times.popleft()
+        self.recent.put(key, times)
+        return len(times)
 
     def write_event(self, event: Event, path: str) -> Event | None:
         found = self.written_files.get(f"{event.workload.container_id}\x1f{path}")

@@ -7,7 +7,8 @@ pods (and pod templates of Deployment/DaemonSet/StatefulSet/ReplicaSet/Job/CronJ
     run_as_user, run_as_non_root, capabilities_add, host_ports}), ``images``, ``image_repos``,
     ``privileged``, ``host_network``, ``host_pid``, ``host_ipc``, ``host_paths``, ``volume_types``,
     ``capabilities_add``, ``host_ports``, ``run_as_user``, ``service_account``, ``node_name``,
-    ``automount_sa_token``, ``ephemeral_containers``, ``labels``, ``template_of``
+    ``automount_sa_token``, ``ephemeral_containers``, ``root_containers`` (names of containers that may run
+    as root: ``runAsUser: 0``, or neither a user nor ``runAsNonRoot: true``), ``labels``, ``template_of``
 roles / clusterroles
     ``rules`` (list of {api_groups, resources, verbs, resource_names, non_resource_urls}), ``rule_verbs``,
     ``rule_resources``, ``rule_api_groups``
@@ -242,6 +243,13 @@ def _pod_spec(pod: dict[str, Any], out: dict[str, Any]) -> None:
     ]
     out["volume_types"] = sorted({k for v in volumes for k in v if k != "name"})
     out["ephemeral_containers"] = [c["name"] for c in containers if c["kind"] == "ephemeral"]
+    # a container may run as root unless it asks for a non-zero user or requires a non-root one (the image's
+    # USER then decides, which the API server never sees)
+    out["root_containers"] = [
+        c["name"]
+        for c in containers
+        if c.get("run_as_user") == 0 or ("run_as_user" not in c and c.get("run_as_non_root") is not True)
+    ]
     if isinstance(pod_ctx.get("runAsUser"), int):
         out["run_as_user"] = pod_ctx["runAsUser"]
     sa = spec.get("serviceAccountName") or spec.get("serviceAccount")

@@ -33,9 +33,10 @@ class BaselineView(Protocol):
 
 
 class DetectState(Protocol):
-    """Short-lived facts the detect stage remembers per container (e.g. files written)."""
+    """Short-lived facts the detect stage remembers (files written per container, recent repeats)."""
 
     def written(self, event: Event, path: str) -> bool: ...
+    def repeats(self, event: Event, key: str, window_ns: int) -> int: ...
 
 
 @dataclass
@@ -100,6 +101,18 @@ def _state_written(ctx: EvalContext, path: Any) -> bool:
     return ctx.state is not None and bool(path) and ctx.state.written(ctx.event, str(path))
 
 
+def _state_repeats(ctx: EvalContext, scope: Any, key: Any, window_s: Any) -> int:
+    """How many events reached this call with the same ``scope`` and ``key`` within the last ``window_s``
+    seconds of event time, this one included. Conditions evaluate left to right and stop early, so only events
+    that passed the terms before the call are counted: ``k8s_denied and state.repeats(denied, audit.user, 600)
+    >= 5`` counts the denied requests of one user. Without detect state (a bare evaluation) every event is
+    its own first."""
+    if ctx.state is None:
+        return 1
+    window_ns = int(float(window_s) * 1_000_000_000)
+    return ctx.state.repeats(ctx.event, f"{scope}\x1f{key}", window_ns)
+
+
 def _items(value: Any) -> list[str]:
     """A value or list of values as strings (None and empty values dropped)."""
     values = value if isinstance(value, list) else [value]
@@ -148,6 +161,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "baseline.seen_listen": _baseline("seen_listen"),
     "baseline.seen_privilege": _baseline("seen_privilege"),
     "state.written": _state_written,
+    "state.repeats": _state_repeats,
     "net.private": _net_private,
     "net.loopback": _net_loopback,
     "net.in": _net_in,

@@ -246,6 +246,32 @@ def test_impersonation_and_ephemeral_containers() -> None:
     assert ev.time == parse_time_ns("2025-12-31T22:00:00.5Z")
 
 
+def test_root_containers_are_those_that_may_run_as_root() -> None:
+    raw = {
+        "kind": "Event",
+        "auditID": "r-1",
+        "verb": "create",
+        "user": {"username": "alice"},
+        "objectRef": {"resource": "pods", "namespace": "prod", "name": "web-1"},
+        "requestObject": {
+            "kind": "Pod",
+            "spec": {
+                "securityContext": {"runAsNonRoot": True},
+                "containers": [
+                    {"name": "inherits-non-root", "image": "a"},
+                    {"name": "explicit-root", "image": "b", "securityContext": {"runAsUser": 0}},
+                    {"name": "opts-out", "image": "c", "securityContext": {"runAsNonRoot": False}},
+                    {"name": "user-1000", "image": "d", "securityContext": {"runAsUser": 1000}},
+                ],
+            },
+        },
+        "responseStatus": {"code": 201},
+        "stageTimestamp": "2026-01-01T00:00:00Z",
+    }
+    ev = _roundtrip(raw)
+    assert ev.audit is not None and ev.audit.request["root_containers"] == ["explicit-root", "opts-out"]
+
+
 def test_the_pod_cache_fills_the_target_workload() -> None:
     class Pods:
         def by_pod(self, namespace: str, name: str, container: str = "") -> Workload | None:

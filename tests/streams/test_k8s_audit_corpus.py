@@ -30,7 +30,7 @@ import yaml
 from schemas.codec import decode_event
 from schemas.records import DeadLetter, Event
 from sensors.audit.sink import MemorySink
-from streams.rules import BUILTIN_DIR, EvalContext, RuleSet, load_rules
+from streams.rules import BUILTIN_DIR, EvalContext, Maturity, RuleSet, load_rules
 from tests.sensors.audit_fixtures import FALCO, audit_settings, corpus_body, make_tls, running_webhook
 
 pytestmark = pytest.mark.skipif(not FALCO.is_dir(), reason="shared corpus not present")
@@ -74,7 +74,15 @@ FALCO_TO_CADR = {
     "json_pointer_example": "CADR-TEST-0001",
 }
 ACTIVITY_RULES = ("CADR-K8S-0026", "CADR-K8S-0027")
-TRUSTED_IMAGE_RULES = ("CADR-K8S-0003", "CADR-K8S-0004", "CADR-K8S-0007")
+#: Falco's trusted-container list exempts an image from its privileged, hostNetwork and sensitive-mount rules;
+#: cadr has more rules of that family (any host path, the kubelet's directories), and the trust covers them too
+TRUSTED_IMAGE_RULES = (
+    "CADR-K8S-0003",
+    "CADR-K8S-0004",
+    "CADR-K8S-0007",
+    "CADR-K8S-0046",
+    "CADR-K8S-0052",
+)
 
 JSON_POINTER_RULE = """
 id: CADR-TEST-0001
@@ -184,7 +192,13 @@ def _ruleset(rules_files: tuple[str, ...], workdir: str) -> RuleSet:
             site_macros["k8s_image_allowlist_enforced"] = "k8s_api"
     if site_lists or site_macros:
         (site / "macros.yaml").write_text(yaml.safe_dump({"lists": site_lists, "macros": site_macros}))
-    # Falco loads these policy rules by default; in cadr they are experimental, enabled by a setting
+    # Falco loads its policy rules (allowed users, namespaces, images) by default; in cadr they are experimental,
+    # enabled by a setting: enable them, and keep off the experimental rules Falco has no counterpart of
+    everything = load_rules(sources=["k8s_audit"], experimental=True).rules
+    counterparts = set(FALCO_TO_CADR.values())
+    disabled.extend(
+        r.id for r in everything if r.maturity is Maturity.EXPERIMENTAL and r.id not in counterparts
+    )
     return load_rules([site], disabled=disabled, allow=allow, sources=["k8s_audit"], experimental=True)
 
 

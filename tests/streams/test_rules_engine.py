@@ -284,6 +284,22 @@ def test_state_and_baseline_functions_go_through_the_context() -> None:
     assert not holds("baseline.ready()")
 
 
+def test_state_repeats_counts_events_reaching_it_within_the_window() -> None:
+    from streams.detect import DetectState
+
+    state = DetectState()
+    pred = compiler().compile("process.uid = 0 and state.repeats(burst, process.exe, 60) >= 3")
+
+    def at(seconds: int, uid: int = 0) -> bool:
+        event = ev(process={"exe": "/bin/bash", "uid": uid})
+        event.time = seconds * 1_000_000_000
+        return bool(pred(EvalContext(event=event, state=state)))
+
+    assert [at(0), at(10), at(20, uid=1000), at(30)] == [False, False, False, True]
+    assert at(200) is False  # the window moved on: one event counted
+    assert holds("state.repeats(burst, process.exe, 60) = 1")  # no detect state: every event is its first
+
+
 # -- computed fields ---------------------------------------------------------------------------
 
 
