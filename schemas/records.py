@@ -320,6 +320,8 @@ class Alert(Struct, kw_only=True, gc=False):
     #: events that explain the trigger (its process ancestry, the write before a drifted exec ...)
     context: list[Event] = []
     tags: StrList = []
+    #: the rule's author when its licence requires attribution with every match (imported Sigma rules, DRL 1.1)
+    rule_author: ShortStr = ""
 
 
 class TimelineEntry(Struct, kw_only=True, gc=False, omit_defaults=True):

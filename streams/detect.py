@@ -210,6 +210,7 @@ class Detector:
             event=event,
             context=context,
             tags=[rule.tactic, *rule.tags] if rule.tactic else list(rule.tags),
+            rule_author=rule.author,
         )
 
 

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from schemas.records import Event
+from streams.rules.wildcard import wildcard_match
 
 __all__ = ["FUNCTIONS", "BaselineView", "DetectState", "EvalContext"]
 
@@ -138,6 +139,28 @@ def _text_glob_all(ctx: EvalContext, value: Any, patterns: Any) -> bool:
     return all(any(fnmatch.fnmatchcase(v, g) for g in globs) for v in _items(value))
 
 
+def _text_match_any(casefold: bool) -> Callable[..., bool]:
+    def match_any(ctx: EvalContext, value: Any, patterns: Any) -> bool:
+        """Some value matches some wildcard pattern (``*``, ``?``, ``\\`` escapes; linear time)."""
+        wanted = _items(patterns)
+        return any(wildcard_match(v, p, casefold) for v in _items(value) for p in wanted)
+
+    return match_any
+
+
+@lru_cache(maxsize=1024)
+def _re2(pattern: str) -> Any:
+    import re2  # RE2 runs in time linear in the text, whatever the pattern
+
+    return re2.compile(pattern)
+
+
+def _text_regex_any(ctx: EvalContext, value: Any, patterns: Any) -> bool:
+    """Some value contains a match of some RE2 regular expression (as ClickHouse's ``match``)."""
+    compiled = [_re2(p) for p in _items(patterns)]
+    return any(r.search(v) is not None for v in _items(value) for r in compiled)
+
+
 def _dns_under(ctx: EvalContext, name: Any, domains: Any) -> bool:
     """``name`` is one of ``domains`` or a subdomain of one (case-insensitive, trailing dot
     ignored); ``evilnanopool.org`` is not under ``nanopool.org``."""
@@ -169,4 +192,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "text.contains_any": _text_contains_any,
     "text.glob_any": _text_glob_any,
     "text.glob_all": _text_glob_all,
+    "text.match_any": _text_match_any(casefold=False),
+    "text.imatch_any": _text_match_any(casefold=True),
+    "text.regex_any": _text_regex_any,
 }

@@ -17,7 +17,8 @@ from streams.rules.functions import EvalContext
 
 __all__ = ["Match", "Maturity", "Rule", "RuleError"]
 
-_ID = re.compile(r"^CADR-[A-Z0-9]+-\d{4}$")
+# CADR-<GROUP>-<4 digits>; rules imported from Sigma are CADR-SIGMA-<first 8 hex digits of the Sigma UUID>
+_ID = re.compile(r"^(CADR-[A-Z0-9]+-\d{4}|CADR-SIGMA-[0-9a-f]{8})$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
 
 
@@ -51,6 +52,11 @@ class Rule:
     tags: list[str] = field(default_factory=list)
     #: a verb phrase for the incident summary ("started a shell", "read {file.path}")
     story: str = ""
+    #: where the rule comes from when not written here (``sigma:<uuid>``), its author and licence: a licence
+    #: such as Sigma's DRL 1.1 requires the author to be shown with every match (see Alert.rule_author)
+    origin: str = ""
+    author: str = ""
+    license: str = ""
     path: Path | None = None
     predicate: Predicate = field(default=lambda ctx: False, repr=False)
     _render: list[tuple[str, ValueFn | None]] = field(default_factory=list, repr=False)
@@ -71,7 +77,9 @@ class Rule:
         if unknown:
             raise RuleError(f"{where}: unknown key(s) {', '.join(unknown)}")
         if not _ID.match(str(data["id"])):
-            raise RuleError(f"{where}: id {data['id']!r} must look like CADR-<GROUP>-<4 digits>")
+            raise RuleError(
+                f"{where}: id {data['id']!r} must look like CADR-<GROUP>-<4 digits> (or CADR-SIGMA-<8 hex digits>)"
+            )
         try:
             severity = Severity(data["severity"])
             maturity = Maturity(data.get("maturity", "stable"))
@@ -95,6 +103,9 @@ class Rule:
             false_positives=[str(x) for x in _as_list(data.get("false_positives", []))],
             tags=[str(x) for x in _as_list(data.get("tags", []))],
             story=str(data.get("story", "")).strip(),
+            origin=str(data.get("origin", "")),
+            author=str(data.get("author", "")),
+            license=str(data.get("license", "")),
         )
 
     def compile(self, compiler: Compiler) -> None:
