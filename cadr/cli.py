@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "capture",
     "replay",
     "scan",
+    "hunt",
     "rules",
     "profiles",
     "forward",

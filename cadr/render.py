@@ -7,7 +7,7 @@ import textwrap
 
 from schemas.records import Incident, TimelineEntry
 
-__all__ = ["render_incident"]
+__all__ = ["printable", "render_incident"]
 
 _SEV_MARK = {"info": "·", "low": "▫", "medium": "▪", "high": "▲", "critical": "█"}
 _EDGE_LABEL = {
@@ -21,6 +21,13 @@ _EDGE_LABEL = {
     "lateral": "lateral movement",
     "privileged_pod": "inside the created pod",
 }
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences included) shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _ts(ns: int, with_date: bool = False) -> str:

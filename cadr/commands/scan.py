@@ -160,10 +160,13 @@ def _fmt_time(ns: int) -> str:
 
 
 def _print_text(alerts: list[Alert], out: TextIO) -> None:
+    from cadr.render import printable
+
     for a in alerts:
         count = f" (x{a.count})" if a.count > 1 else ""
         out.write(
-            f"{_fmt_time(a.time)}  {a.severity.value:<8} {a.rule_id}  {a.rule_name}: {a.message}{count}\n"
+            f"{_fmt_time(a.time)}  {a.severity.value:<8} {a.rule_id}  {printable(a.rule_name)}: "
+            f"{printable(a.message)}{count}\n"
         )
 
 

@@ -237,6 +237,8 @@ def collect_cases(ruleset: RuleSet, rule_ids: Sequence[str] = ()) -> list[Case |
     for rule in sorted(ruleset.rules, key=lambda r: r.id):
         if wanted and rule.id not in wanted:
             continue
+        if rule.origin and rule.path is not None and not (rule.path.parent / CASE_FILE).exists():
+            continue  # imported (Sigma) without cases: its origin's tests are not ours to ship
         try:
             items.extend(load_cases(rule))
         except CaseError as exc:

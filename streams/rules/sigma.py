@@ -19,12 +19,22 @@ shown: the cadr rule keeps ``author`` and ``license``, and its output sentence e
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from schemas.errors import CadrError
 
-__all__ = ["FIELD_MAPS", "SigmaImportError", "SigmaRuleDraft", "sigma_rule_id", "sigma_to_rule"]
+__all__ = [
+    "FIELD_MAPS",
+    "SigmaImport",
+    "SigmaImportError",
+    "SigmaRuleDraft",
+    "import_sigma_dir",
+    "sigma_rule_id",
+    "sigma_to_rule",
+    "write_rule_folder",
+]
 
 #: Sigma field -> (cadr field, kind); kind "str" | "int" | "decision" (see _decision)
 FIELD_MAPS: dict[str, dict[str, tuple[str, str]]] = {
@@ -230,7 +240,7 @@ class _Writer:
         import re2
         from sigma.types import SigmaRegularExpressionFlag as F
 
-        pattern = value.regexp
+        pattern = getattr(value.regexp, "original", None) or str(value.regexp)
         flags = "".join(
             ch
             for flag, ch in ((F.IGNORECASE, "i"), (F.MULTILINE, "m"), (F.DOTALL, "s"))
@@ -328,3 +338,63 @@ def sigma_to_rule(text: str, source_file: str = "") -> SigmaRuleDraft:
         "origin": f"sigma:{sigma_id}",
     }
     return SigmaRuleDraft(data=data, sigma_id=sigma_id, title=title, source_file=source_file)
+
+
+@dataclass
+class SigmaImport:
+    """The result of importing a folder: rules that converted, and why each other one did not."""
+
+    drafts: list[SigmaRuleDraft] = field(default_factory=list)
+    failures: list[tuple[str, SigmaImportError]] = field(default_factory=list)
+
+    def reasons(self) -> dict[str, int]:
+        """Failure count per reason, most common first."""
+        counts: dict[str, int] = {}
+        for _, err in self.failures:
+            counts[err.reason] = counts.get(err.reason, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def import_sigma_dir(directory: str | Path) -> SigmaImport:
+    """Convert every ``*.yml``/``*.yaml`` Sigma rule under ``directory`` (sorted, recursive)."""
+    root = Path(directory)
+    if not root.exists():
+        raise SigmaImportError("no such file or directory", str(root))
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".yml", ".yaml"))
+    result = SigmaImport()
+    seen: dict[str, str] = {}
+    for path in files:
+        try:
+            draft = sigma_to_rule(path.read_text(encoding="utf-8", errors="replace"), str(path))
+        except SigmaImportError as exc:
+            result.failures.append((str(path), exc))
+            continue
+        cadr_id = draft.data["id"]
+        if cadr_id in seen:
+            result.failures.append(
+                (str(path), SigmaImportError("id collision", f"{cadr_id} is also {seen[cadr_id]}"))
+            )
+            continue
+        seen[cadr_id] = str(path)
+        result.drafts.append(draft)
+    return result
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:60] or "rule"
+
+
+def write_rule_folder(draft: SigmaRuleDraft, out_dir: str | Path) -> Path:
+    """Write ``<out_dir>/<source>/<id>-<slug>/rule.yaml`` (a loadable rule folder) and return the folder."""
+    import yaml
+
+    folder = Path(out_dir) / draft.data["source"] / f"{draft.data['id']}-{_slug(draft.title)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"# Imported by `cadr rules import-sigma` from {Path(draft.source_file).name or 'a Sigma rule'}\n"
+        f"# (Sigma id {draft.sigma_id}). Author: {draft.data['author']}. Licence: Detection Rule License 1.1,\n"
+        "# which requires the author to be named wherever this rule or a match of it is shown.\n"
+    )
+    text = yaml.safe_dump(draft.data, sort_keys=False, allow_unicode=True, width=110)
+    (folder / "rule.yaml").write_text(header + text, encoding="utf-8")
+    return folder
