@@ -103,6 +103,14 @@ def _file_name(e: Event) -> str | None:
     return posixpath.basename(e.file.path) if e.file is not None else None
 
 
+_O_TRUNC = 0o1000
+
+
+def _file_truncate(e: Event) -> bool | None:
+    """The open truncates the file (O_TRUNC): its content is thrown away."""
+    return bool(e.file.flags & _O_TRUNC) if e.file is not None else None
+
+
 def _file_dir(e: Event) -> str | None:
     return posixpath.dirname(e.file.path) if e.file is not None else None
 
@@ -142,6 +150,7 @@ COMPUTED: dict[str, Getter] = {
     "process.ld_preload": _ld_preload,
     "file.name": _file_name,
     "file.dir": _file_dir,
+    "file.truncate": _file_truncate,
     "workload.key": lambda e: e.workload.key(),
     "workload.is_host": lambda e: e.workload.is_host,
     "workload.in_container": lambda e: not e.workload.is_host,

@@ -85,6 +85,7 @@ _COLUMNS: dict[str, _Val] = {
     "process.parent_name": _Val(_basename("parent_exe"), STR, "parent_exe != ''"),
     "process.argc": _Val("length(args)", INT),
     "file.name": _Val(_basename("file_path"), STR),
+    "file.truncate": _Val("bitAnd(file_flags, 512) != 0", BOOL),
     "workload.is_host": _Val("(pod = '' AND container_id = '' AND namespace = '')", BOOL),
     "workload.in_container": _Val("NOT (pod = '' AND container_id = '' AND namespace = '')", BOOL),
     "audit.user_is_sa": _Val("startsWith(audit_user, 'system:serviceaccount:')", BOOL),
