@@ -22,6 +22,7 @@ from streams.rules.cases import CaseResult, run_cases
 __all__ = ["DEFAULT_DOCS", "register", "render_docs", "render_results", "rule_summary"]
 
 DEFAULT_DOCS = "docs/rules.md"
+DEFAULT_COVERAGE = "docs/coverage.md"
 
 _SOURCE_TITLES = {"ebpf": "eBPF sensor (`ebpf`)", "k8s_audit": "Kubernetes audit log (`k8s_audit`)"}
 _SOURCE_ORDER = ["ebpf", "k8s_audit"]
@@ -82,6 +83,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="do not write; exit 1 if the file differs from what would be generated (default: write)",
     )
     d.set_defaults(handler=_handle_docs)
+
+    cov = sub.add_parser(
+        "coverage",
+        help=f"generate the coverage table ({DEFAULT_COVERAGE}) of Falco's and Kubescape's rule sets",
+        description="Write the table of which cadr rule covers each rule of Falco's syscall and k8saudit rule "
+        "sets and of Kubescape's runtime library, from streams/rules/coverage.yaml and the rule folders.",
+    )
+    cov.add_argument(
+        "--output", default=DEFAULT_COVERAGE, help=f"file to write (default: {DEFAULT_COVERAGE})"
+    )
+    cov.add_argument(
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 if the file differs from what would be generated (default: write)",
+    )
+    cov.set_defaults(handler=_handle_coverage)
 
     imp = sub.add_parser(
         "import-sigma",
@@ -274,6 +291,33 @@ def _handle_docs(args: argparse.Namespace, settings: Settings) -> int:
         current = path.read_text() if path.exists() else ""
         if current != text:
             raise RulesDocsStaleError(f"{path} is out of date with the rule YAML: run `cadr rules docs`")
+        print(f"{path} is up to date")
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path} ({len(text.splitlines())} lines)")
+    return 0
+
+
+# -- coverage ----------------------------------------------------------------------------------
+
+
+def coverage_text() -> str:
+    """docs/coverage.md as it must be (built-in rules, every maturity)."""
+    from streams.rules.coverage import load_coverage, render_coverage
+
+    ruleset = load_rules(experimental=True)
+    return render_coverage(ruleset, load_coverage(ruleset))
+
+
+def _handle_coverage(args: argparse.Namespace, settings: Settings) -> int:
+    text = coverage_text()
+    path = Path(args.output)
+    if args.check:
+        if (path.read_text() if path.exists() else "") != text:
+            raise RulesDocsStaleError(
+                f"{path} is out of date with streams/rules/coverage.yaml: run `cadr rules coverage`"
+            )
         print(f"{path} is up to date")
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)

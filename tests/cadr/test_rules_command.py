@@ -129,3 +129,27 @@ def test_docs_in_the_repository_are_generated_from_the_rules() -> None:
     assert committed == render_docs(load_rules(experimental=True)), (
         "docs/rules.md is stale: run `cadr rules docs`"
     )
+
+
+def test_coverage_doc_is_generated_from_the_mapping_and_the_rules() -> None:
+    from cadr.commands.rules import coverage_text
+
+    committed = (REPO / "docs" / "coverage.md").read_text()
+    assert committed == coverage_text(), "docs/coverage.md is stale: run `cadr rules coverage`"
+    # the three rule sets, each rule once (Falco's 25 default syscall rules, 48 k8saudit rules, 29 Kubescape)
+    assert "| Falco default syscall rules | 25 |" in committed
+    assert "| Falco k8saudit plugin rules | 48 |" in committed
+    assert "| Kubescape runtime rule library | 29 |" in committed
+
+
+def test_coverage_mapping_must_name_existing_rules(tmp_path: Path) -> None:
+    from streams.rules import RuleError
+    from streams.rules.coverage import load_coverage
+
+    bad = tmp_path / "coverage.yaml"
+    bad.write_text("sets:\n  - {key: x, title: X, source: s, rules: {Some rule: [CADR-NOPE-0001]}}\n")
+    with pytest.raises(RuleError, match="no such cadr rule CADR-NOPE-0001"):
+        load_coverage(load_rules(), bad)
+    bad.write_text("sets:\n  - {key: x, title: X, source: s, rules: {Some rule: maybe}}\n")
+    with pytest.raises(RuleError, match="must map to"):
+        load_coverage(load_rules(), bad)
