@@ -35,8 +35,9 @@ class HuntPlan:
 
     rule: Rule
     condition: SqlCondition
+    #: the WHERE clause (time range, the rule's kinds, its condition)
+    where: str
     sql: str
-    count_sql: str
 
 
 @dataclass
@@ -70,8 +71,7 @@ def plan_hunt(ruleset: RuleSet, rule: Rule, database: str = "cadr") -> HuntPlan:
     table = f"{database}.events"
     # a replacing table may hold a duplicate delivery until it merges: one row per event id
     sql = f"SELECT raw FROM {table} WHERE {where} ORDER BY time, event_id LIMIT 1 BY event_id"
-    count_sql = f"SELECT uniqExact(event_id) FROM {table} WHERE {where}"
-    return HuntPlan(rule=rule, condition=condition, sql=sql, count_sql=count_sql)
+    return HuntPlan(rule=rule, condition=condition, where=where, sql=sql)
 
 
 def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
