@@ -927,6 +927,8 @@ static __always_inline void on_priv(struct pt_regs *regs, long nr, long ret, str
 	case 175: op = OP_INIT_MODULE; break;
 	case 313: op = OP_FINIT_MODULE; break;
 	case 176: op = OP_DELETE_MODULE; break;
+	case 86: case 265: op = OP_HARDLINK; break;
+	case 88: case 266: op = OP_SOFTLINK; break;
 	default:
 		return;
 	}
@@ -982,6 +984,24 @@ static __always_inline void on_priv(struct pt_regs *regs, long nr, long ret, str
 		e->s1_len = n;
 		off += n;
 		break;
+	case OP_HARDLINK:
+	case OP_SOFTLINK: { /* s1 = the existing path (a symlink's content), s2 = the new link, as passed */
+		void *old = (void *)regs->di, *new = (void *)regs->si;
+
+		if (nr == 265) { /* linkat(olddirfd, oldpath, newdirfd, newpath, flags) */
+			old = (void *)regs->si;
+			new = (void *)regs->r10;
+		} else if (nr == 266) { /* symlinkat(target, newdirfd, linkpath) */
+			new = (void *)regs->dx;
+		}
+		n = put_ustr(s, off, old, 512);
+		e->s1_len = n;
+		off += n;
+		n = put_ustr(s, off, new, 512);
+		e->s2_len = n;
+		off += n;
+		break;
+	}
 	case OP_INIT_MODULE: /* params */
 		n = put_ustr(s, off, (void *)regs->dx, 512);
 		e->s1_len = n;
@@ -1045,6 +1065,10 @@ int BPF_PROG(cadr_sys_exit, struct pt_regs *regs, long ret)
 		break;
 	case 43: case 288: case 50: /* accept, accept4, listen */
 		if (!(cfg.features & FEAT_NET) || ret < 0)
+			return 0;
+		break;
+	case 86: case 88: case 265: case 266: /* link, symlink, linkat, symlinkat: links made */
+		if (!(cfg.features & FEAT_FILE) || ret != 0)
 			return 0;
 		break;
 	case 1: /* write: DNS over a connected UDP socket (Go's resolver) */

@@ -48,6 +48,8 @@ enum cadr_op {
 	OP_INIT_MODULE = 17,
 	OP_FINIT_MODULE = 18,
 	OP_DELETE_MODULE = 19,
+	OP_HARDLINK = 20,    /* link, linkat: reported as file_link (s1 = existing path, s2 = new link) */
+	OP_SOFTLINK = 21, /* symlink, symlinkat: file_link (s1 = the link's content, s2 = new link) */
 };
 
 /* cadr_exec.flags */

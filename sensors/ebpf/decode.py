@@ -78,6 +78,8 @@ _OPS = {
     17: "init_module",
     18: "finit_module",
     19: "delete_module",
+    20: "link",
+    21: "symlink",
 }
 _QTYPES = {
     1: "A",
@@ -572,6 +574,10 @@ class Decoder:
         s1 = bytes(data[p : p + l1]).decode("utf-8", "surrogateescape")
         s2 = bytes(data[p + l1 : p + l1 + l2]).decode("utf-8", "surrogateescape")
         s3 = bytes(data[p + l1 + l2 : p + l1 + l2 + l3]).decode("utf-8", "surrogateescape")
+        if op in (20, 21):  # link / symlink: a file_link event, the new link and what it points to
+            proc, workload, key = self._process(r)
+            link = File(path=_safe(s2), target=_safe(s1))
+            return self._event(r, EventKind.FILE_LINK, workload, process=proc, file=link), key
         name = _OPS.get(op, f"op{op}")
         priv: dict[str, object] = {"op": name, "result": ret}
         if op <= 8:  # set*id: effective ids

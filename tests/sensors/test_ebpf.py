@@ -599,3 +599,47 @@ def test_metrics_expose_drops_per_cpu(live_sensor) -> None:  # type: ignore[no-u
         assert f'cadr_sensor_kernel_drops_total{{cpu="{cpu}"}} ' in text
         assert f'cadr_sensor_user_drops_total{{cpu="{cpu}"}} ' in text
     assert "# TYPE cadr_sensor_kernel_events_total counter" in text
+
+
+def test_links_arrive_as_file_link_and_the_link_rule_fires(
+    live_sensor, make_container, workdir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """symlink, symlinkat, link and linkat made in a container arrive as file_link events (new link in
+    file.path, what it points to in file.target), and CADR-FILE-0003 fires on a symlink to /etc/shadow."""
+    from streams.detect import scan_events
+
+    ctr = make_container("links")
+    base = workdir / "links"
+    base.mkdir()
+    (base / "data").write_text("x")
+    script = workdir / "links.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import ctypes, os
+            libc = ctypes.CDLL(None, use_errno=True)
+            AT_FDCWD = -100
+            os.symlink("/etc/shadow", "{base}/shadow-link")                      # symlink or symlinkat
+            assert libc.syscall(88, b"/etc/passwd", b"{base}/passwd-link") == 0   # symlink
+            assert libc.syscall(86, b"{base}/data", b"{base}/hard-1") == 0        # link
+            assert libc.syscall(265, AT_FDCWD, b"{base}/data", AT_FDCWD, b"{base}/hard-2", 0) == 0  # linkat
+            assert libc.syscall(88, b"/x", b"/proc/nope/x") != 0                 # failed: not reported
+            print("ok")
+            """
+        )
+    )
+    ctr.run(["/usr/bin/python3", str(script)], namespaces=False)
+
+    def link(path: str) -> Event:
+        return live_sensor.wait_for(
+            lambda ev: _in(ctr, ev) and ev.kind == "file_link" and ev.file.path == path
+        )[0]
+
+    shadow = link(f"{base}/shadow-link")
+    assert shadow.file.target == "/etc/shadow" and shadow.process is not None and shadow.workload.pod
+    assert link(f"{base}/passwd-link").file.target == "/etc/passwd"
+    assert link(f"{base}/hard-1").file.target == f"{base}/data"
+    assert link(f"{base}/hard-2").file.target == f"{base}/data"
+    assert not [e for e in live_sensor.events if e.kind == "file_link" and e.file.path == "/proc/nope/x"]
+    fired = [a.rule_id for a in scan_events([shadow]) if a.rule_id == "CADR-FILE-0003"]
+    assert fired == ["CADR-FILE-0003"]
