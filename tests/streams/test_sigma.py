@@ -371,3 +371,28 @@ def test_cli_import_sigma_and_hunt_sigma(
         run.stderr
     )
     assert "SELECT raw FROM cadr.events" in run.stderr
+    # a cadr rule, its hits correlated into a story: the synthetic capture's attacker execs into shop-api
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cadr.cli",
+            "--data-dir",
+            str(data),
+            "hunt",
+            "--rule",
+            "CADR-K8S-0001",
+            "--since",
+            "0",
+            "--until",
+            str(T0 * 2),
+            "--stories",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        env={**os.environ, "CADR_CONFIG": ""},
+    )
+    assert run.returncode == 0, run.stderr
+    assert "mallory@example.com" in run.stdout and "stories" in run.stderr
