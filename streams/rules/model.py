@@ -15,10 +15,29 @@ from schemas.records import EventKind, Severity
 from streams.rules.condition import Compiler, ConditionError, Predicate, ValueFn
 from streams.rules.functions import EvalContext
 
-__all__ = ["Match", "Maturity", "Rule", "RuleError"]
+__all__ = ["ATTACK_TACTICS", "Match", "Maturity", "Rule", "RuleError"]
 
 # CADR-<GROUP>-<4 digits>; rules imported from Sigma are CADR-SIGMA-<first 8 hex digits of the Sigma UUID>
 _ID = re.compile(r"^(CADR-[A-Z0-9]+-\d{4}|CADR-SIGMA-[0-9a-f]{8})$")
+#: ATT&CK tactic short names (a rule's ``tactic``)
+ATTACK_TACTICS = frozenset(
+    {
+        "reconnaissance",
+        "resource-development",
+        "initial-access",
+        "execution",
+        "persistence",
+        "privilege-escalation",
+        "defense-evasion",
+        "credential-access",
+        "discovery",
+        "lateral-movement",
+        "collection",
+        "command-and-control",
+        "exfiltration",
+        "impact",
+    }
+)
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import CadrError
+from streams.rules.model import ATTACK_TACTICS
 
 __all__ = [
     "FIELD_MAPS",
@@ -83,22 +84,6 @@ _SEVERITY = {
     "medium": "medium",
     "high": "high",
     "critical": "critical",
-}
-_TACTICS = {
-    "reconnaissance",
-    "resource-development",
-    "initial-access",
-    "execution",
-    "persistence",
-    "privilege-escalation",
-    "defense-evasion",
-    "credential-access",
-    "discovery",
-    "lateral-movement",
-    "collection",
-    "command-and-control",
-    "exfiltration",
-    "impact",
 }
 _TECHNIQUE = re.compile(r"^t\d{4}(\.\d{3})?$")
 
@@ -266,7 +251,7 @@ def _attack(tags: list[Any]) -> tuple[list[str], str]:
         name = str(tag.name).lower()
         if _TECHNIQUE.match(name):
             techniques.append(name.upper())
-        elif name in _TACTICS and not tactic:
+        elif name in ATTACK_TACTICS and not tactic:
             tactic = name
     return techniques, tactic
 

@@ -24,27 +24,13 @@ from streams.rules.cases import (
     run_case,
     run_cases,
 )
+from streams.rules.model import ATTACK_TACTICS
 
 RULES = load_rules(experimental=True)
 ITEMS = collect_cases(RULES)
 
 _TECHNIQUE = re.compile(r"^T\d{4}(\.\d{3})?$")
-_TACTICS = {
-    "reconnaissance",
-    "resource-development",
-    "initial-access",
-    "execution",
-    "persistence",
-    "privilege-escalation",
-    "defense-evasion",
-    "credential-access",
-    "discovery",
-    "lateral-movement",
-    "collection",
-    "command-and-control",
-    "exfiltration",
-    "impact",
-}
+_TACTICS = ATTACK_TACTICS
 
 
 @pytest.mark.parametrize("item", ITEMS, ids=[item.id for item in ITEMS])
