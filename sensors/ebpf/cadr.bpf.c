@@ -927,6 +927,8 @@ static __always_inline void on_priv(struct pt_regs *regs, long nr, long ret, str
 	case 175: op = OP_INIT_MODULE; break;
 	case 313: op = OP_FINIT_MODULE; break;
 	case 176: op = OP_DELETE_MODULE; break;
+	case 41: op = OP_PACKET_SOCKET; break;
+	case 425: op = OP_IO_URING_SETUP; break;
 	case 86: case 265: op = OP_HARDLINK; break;
 	case 88: case 266: op = OP_SOFTLINK; break;
 	default:
@@ -1065,6 +1067,14 @@ int BPF_PROG(cadr_sys_exit, struct pt_regs *regs, long ret)
 		break;
 	case 43: case 288: case 50: /* accept, accept4, listen */
 		if (!(cfg.features & FEAT_NET) || ret < 0)
+			return 0;
+		break;
+	case 41: /* socket: only AF_PACKET (17), which sniffs and forges frames */
+		if (!(cfg.features & FEAT_PRIV) || ret < 0 || regs->di != 17)
+			return 0;
+		break;
+	case 425: /* io_uring_setup */
+		if (!(cfg.features & FEAT_PRIV) || ret < 0)
 			return 0;
 		break;
 	case 86: case 88: case 265: case 266: /* link, symlink, linkat, symlinkat: links made */

@@ -50,6 +50,8 @@ enum cadr_op {
 	OP_DELETE_MODULE = 19,
 	OP_HARDLINK = 20,    /* link, linkat: reported as file_link (s1 = existing path, s2 = new link) */
 	OP_SOFTLINK = 21, /* symlink, symlinkat: file_link (s1 = the link's content, s2 = new link) */
+	OP_PACKET_SOCKET = 22, /* socket(AF_PACKET, ...): raw frames of the interface (arg1 = type) */
+	OP_IO_URING_SETUP = 23, /* io_uring_setup: syscalls submitted through a ring no tracepoint sees */
 };
 
 /* cadr_exec.flags */

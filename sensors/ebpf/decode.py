@@ -80,7 +80,10 @@ _OPS = {
     19: "delete_module",
     20: "link",
     21: "symlink",
+    22: "packet_socket",
+    23: "io_uring_setup",
 }
+_SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 10: "SOCK_PACKET"}
 _QTYPES = {
     1: "A",
     2: "NS",
@@ -598,6 +601,11 @@ class Decoder:
             priv.update(flags=arg1, detail=s1)
         elif op == 16:
             priv.update(flags=arg0, detail=_BPF_CMDS.get(arg0, str(arg0)))
+        elif op == 22:  # socket(AF_PACKET, type, protocol): the type without SOCK_NONBLOCK/SOCK_CLOEXEC
+            kind = arg1 & 0xF
+            priv.update(flags=arg1, detail=f"AF_PACKET {_SOCK_TYPES.get(kind, str(kind))}")
+        elif op == 23:  # io_uring_setup(entries, params)
+            priv.update(flags=arg0, detail=f"{arg0} entries")
         else:
             priv.update(detail=s1)
         if isinstance(priv.get("detail"), str):

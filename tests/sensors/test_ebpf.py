@@ -643,3 +643,53 @@ def test_links_arrive_as_file_link_and_the_link_rule_fires(
     assert not [e for e in live_sensor.events if e.kind == "file_link" and e.file.path == "/proc/nope/x"]
     fired = [a.rule_id for a in scan_events([shadow]) if a.rule_id == "CADR-FILE-0003"]
     assert fired == ["CADR-FILE-0003"]
+
+
+def test_packet_sockets_and_io_uring_setup_arrive_as_privilege_change(
+    live_sensor, make_container, workdir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """socket(AF_PACKET) and io_uring_setup from a container arrive as privilege_change (ops packet_socket,
+    io_uring_setup) and the rules watching for them fire; an ordinary socket is not reported."""
+    from cadr.config import DetectSettings
+    from streams.detect import scan_events
+
+    ctr = make_container("raw")
+    script = workdir / "raw.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import ctypes, json, socket
+            libc = ctypes.CDLL(None, use_errno=True)
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+            t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            params = ctypes.create_string_buffer(120)
+            ring = libc.syscall(425, 8, params)
+            print(json.dumps({"io_uring": ring >= 0}))
+            """
+        )
+    )
+    out = ctr.run(["/usr/bin/python3", str(script)], namespaces=False)
+    packet = live_sensor.wait_for(
+        lambda ev: _in(ctr, ev) and ev.kind == "privilege_change" and ev.privilege.op == "packet_socket"
+    )[0]
+    assert packet.privilege.detail == "AF_PACKET SOCK_RAW"
+    assert [a.rule_id for a in scan_events([packet]) if a.rule_id == "CADR-NET-0007"] == ["CADR-NET-0007"]
+    ops = {e.privilege.op for e in live_sensor.events if _in(ctr, e) and e.kind == "privilege_change"}
+    assert ops <= {"packet_socket", "io_uring_setup"}  # the AF_INET socket is not reported
+    ring_ok = '"io_uring": true' in str(out)
+    rings = [
+        e
+        for e in live_sensor.events
+        if _in(ctr, e) and e.kind == "privilege_change" and e.privilege.op == "io_uring_setup"
+    ]
+    if ring_ok:  # kernels built or configured without io_uring refuse the call: nothing to report then
+        ring = live_sensor.wait_for(
+            lambda ev: _in(ctr, ev) and ev.kind == "privilege_change" and ev.privilege.op == "io_uring_setup"
+        )[0]
+        assert ring.privilege.detail == "8 entries"
+        experimental = DetectSettings(experimental_rules=True)  # the io_uring rule is experimental
+        fired = [a.rule_id for a in scan_events([ring], experimental) if a.rule_id == "CADR-PRIV-0007"]
+        assert fired == ["CADR-PRIV-0007"]
+    else:
+        assert rings == []
+    print("io_uring available:", ring_ok)
