@@ -38,7 +38,6 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cadr.config import Settings
 from schemas.codec import encode, join_batch
 from schemas.records import (
     Dns,
@@ -51,6 +50,7 @@ from schemas.records import (
     Source,
     Workload,
 )
+from schemas.settings import Settings
 
 SEC = 10**9
 T0 = 1_790_000_000 * SEC
@@ -564,7 +564,6 @@ def main() -> int:
 
     from cadr.kafka_local import LocalKafka
     from cadr.runtime import ensure_topics_sync
-    from streams.profiles import ensure_edits_topic
 
     work = Path(tempfile.mkdtemp(prefix="cadr-bench-detect-"))
     kafka = None
@@ -577,8 +576,7 @@ def main() -> int:
     try:
         prefix = f"bd{uuid.uuid4().hex[:6]}."
         settings = settings_for(bootstrap, prefix, args.partitions, str(work), "bench")
-        ensure_topics_sync(settings)
-        asyncio.run(ensure_edits_topic(settings))
+        ensure_topics_sync(settings)  # profile-edits too
         fleet = Fleet(args.workloads)
         learning_events = fleet.learning()
         start = T0 + int(LEARNING_WINDOW_S * SEC) + SEC

@@ -165,13 +165,14 @@ async def kafka_end_to_end(
     """The whole path: produce n incidents, then a Forwarder (consumer group) delivers them to HEC."""
     from aiokafka import AIOKafkaProducer
 
-    from cadr.config import Settings
     from cadr.topics import ensure_topics
+    from schemas.settings import Settings
+    from schemas.topics import topic_specs
     from streams.forward.config import parse_forward_config
     from streams.forward.consumer import Forwarder
 
     prefix = f"bench{uuid.uuid4().hex[:6]}."
-    await ensure_topics(bootstrap, prefix=prefix, partitions=4)
+    await ensure_topics(bootstrap, topic_specs(prefix, 4))
     settings = Settings()
     settings.kafka.bootstrap = bootstrap
     settings.kafka.topic_prefix = prefix
@@ -201,6 +202,7 @@ async def kafka_end_to_end(
         topic_prefix=prefix,
     )
     fw = Forwarder(settings, cfg)
+    await ensure_topics(bootstrap, fw.dead_letter_specs())  # as `cadr forward` does
     m = fw.metrics.destinations["hec"]
     start = time.perf_counter()
     task = asyncio.create_task(fw.run())

@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 
-from cadr.config import Settings
+from schemas.settings import Settings
 from streams.recovery import CadrFaustApp, CadrTableManager
 
 __all__ = ["STAGES", "CadrApp", "create_app"]

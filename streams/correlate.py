@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from cadr.config import CorrelateSettings
 from schemas.records import (
     Alert,
     AlertRef,
@@ -39,6 +38,7 @@ from schemas.records import (
     TimelineEntry,
     Workload,
 )
+from schemas.settings import CorrelateSettings
 from streams import story
 
 __all__ = ["Correlator", "Link", "StoryState", "register"]

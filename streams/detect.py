@@ -14,8 +14,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
-from cadr.config import DetectSettings
 from schemas.records import Actor, Alert, Event, EventKind, Profile
+from schemas.settings import DetectSettings
 from streams.baseline import Baselines
 from streams.rules import EvalContext, Match, RuleSet, load_rules
 

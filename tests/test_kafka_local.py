@@ -24,11 +24,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from cadr.kafka_local import KafkaStartError, LocalKafka, find_free_port, probe_metadata
-from cadr.topics import (
+from cadr.topics import TopicError, ensure_topics
+from schemas.topics import (
     COMPACTED,
     LOGICAL_TOPICS,
     TOPIC_NAMES,
-    ensure_topics,
+    TopicSpec,
+    dead_letter_specs,
+    edits_spec,
+    forward_dead_letter_topic,
     topic_names,
     topic_specs,
 )
@@ -162,8 +166,8 @@ async def test_broker_starts_and_serves_metadata(kafka_broker: LocalKafka) -> No
 async def test_ensure_topics_creates_the_six_topics_idempotently(
     kafka_broker: LocalKafka, topic_prefix: str
 ) -> None:
-    await ensure_topics(kafka_broker.bootstrap, prefix=topic_prefix, partitions=3)
-    await ensure_topics(kafka_broker.bootstrap, prefix=topic_prefix, partitions=3)  # already there: no error
+    await ensure_topics(kafka_broker.bootstrap, topic_specs(topic_prefix, 3))
+    await ensure_topics(kafka_broker.bootstrap, topic_specs(topic_prefix, 3))  # already there: no error
 
     names = topic_names(topic_prefix)
     configs = await describe_topic_configs(kafka_broker.bootstrap, list(names.values()))
@@ -182,6 +186,41 @@ async def test_ensure_topics_creates_the_six_topics_idempotently(
     assert configs[names.events]["retention.ms"] == str(7 * 86_400_000)
     assert configs[names.alerts]["retention.ms"] == str(30 * 86_400_000)
     assert configs[names.dlq]["retention.ms"] == str(30 * 86_400_000)
+
+
+async def test_edits_topic_takes_the_partition_count_of_the_events_topic(
+    kafka_broker: LocalKafka, topic_prefix: str
+) -> None:
+    await ensure_topics(
+        kafka_broker.bootstrap, topic_specs(topic_prefix, 3)
+    )  # returns once they have leaders
+    await ensure_topics(kafka_broker.bootstrap, [edits_spec(topic_prefix, partitions=5)])
+    edits = f"{topic_prefix}profile-edits"
+    configs = await describe_topic_configs(kafka_broker.bootstrap, [edits])
+    assert configs[edits]["_partitions"] == "3"  # the events topic's, not the default's
+    assert configs[edits]["cleanup.policy"] == "delete"
+    assert configs[edits]["retention.ms"] == str(30 * 86_400_000)
+
+
+async def test_an_edits_topic_partitioned_unlike_the_events_topic_is_refused(
+    kafka_broker: LocalKafka, topic_prefix: str
+) -> None:
+    await ensure_topics(kafka_broker.bootstrap, topic_specs(topic_prefix, 2))
+    await ensure_topics(kafka_broker.bootstrap, [TopicSpec("edits", f"{topic_prefix}profile-edits", 1, 1)])
+    with pytest.raises(TopicError, match=r"profile-edits has 1 partitions but .*events has 2"):
+        await ensure_topics(kafka_broker.bootstrap, [edits_spec(topic_prefix, partitions=2)])
+
+
+async def test_forward_dead_letter_topics_take_records_as_large_as_the_dlq(
+    kafka_broker: LocalKafka, topic_prefix: str
+) -> None:
+    names = [forward_dead_letter_topic(topic_prefix, d) for d in ("splunk", "es")]
+    await ensure_topics(kafka_broker.bootstrap, dead_letter_specs(names))
+    await ensure_topics(kafka_broker.bootstrap, dead_letter_specs(names))  # already there: no error
+    configs = await describe_topic_configs(kafka_broker.bootstrap, names)
+    assert set(configs) == {f"{topic_prefix}forward.dlq.splunk", f"{topic_prefix}forward.dlq.es"}
+    for cfg in configs.values():
+        assert cfg["max.message.bytes"] == str(16 * 1024 * 1024) and cfg["_partitions"] == "1"
 
 
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from cadr.config import Settings
 from schemas.errors import CadrError
+from schemas.settings import Settings
 from streams.rules import Rule, RuleSet, load_rules
 from streams.rules.cases import CaseResult, run_cases
 

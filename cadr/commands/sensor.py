@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 from typing import Any
 
-from cadr.config import Settings
+from schemas.settings import Settings
 
 __all__ = ["register"]
 
@@ -260,6 +261,7 @@ def _register_audit(sub: Any) -> None:
 
 
 def _run_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from cadr.runtime import relax_cyclic_gc
     from sensors.audit.service import AuditRunOptions, run_audit_sensor
     from sensors.k8s.watcher import IN_CLUSTER_CA, IN_CLUSTER_TOKEN
 
@@ -295,6 +297,7 @@ def _run_audit(args: argparse.Namespace, settings: Settings) -> int:
         kube_token_file=kube_token,
         kube_ca=kube_ca,
         duration_s=args.duration,
+        tune_gc=functools.partial(relax_cyclic_gc, freeze=True),
     )
 
     async def main() -> None:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from cadr.config import Settings
+from schemas.settings import Settings
 
 __all__ = ["register", "run_worker"]
 

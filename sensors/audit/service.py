@@ -1,6 +1,6 @@
 """``cadr sensor audit``: run the webhook and/or file tailers, with optional pod metadata from the API.
 
-One :class:`AuditRunOptions` (built by the CLI from flags and :class:`~cadr.config.Settings`) says what
+One :class:`AuditRunOptions` (built by the CLI from flags and :class:`~schemas.settings.Settings`) says what
 to run; :func:`run_audit_sensor` starts it and returns when ``stop`` is set. Publishing goes to Kafka
 (``cadr.raw``/``cadr.dlq``) or, with ``output``, to JSON lines for a quick look without Kafka.
 """
@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from cadr.config import AuditSettings, Settings
-from cadr.runtime import relax_cyclic_gc
+from schemas.settings import AuditSettings, Settings
 from sensors.audit.credentials import ensure_local_credentials
 from sensors.audit.errors import AuditError
 from sensors.audit.sink import KafkaSink, Record, Sink
@@ -42,6 +41,9 @@ class AuditRunOptions:
     kube_ca: str = ""
     duration_s: float | None = None
     publish_timeout_s: float = 30.0
+    #: called once everything is up: the CLI tunes the cyclic garbage collector of the process here (the
+    #: sensor does not decide that for a process it may be embedded in)
+    tune_gc: Callable[[], None] | None = None
 
 
 class JsonLinesSink:
@@ -155,7 +157,8 @@ async def run_audit_sensor(settings: Settings, opts: AuditRunOptions, stop: asyn
             )
             tasks.append(asyncio.create_task(tailer.run(stop)))
         # once everything is up (a configuration error leaves the caller's process as it was)
-        relax_cyclic_gc(freeze=True)
+        if opts.tune_gc is not None:
+            opts.tune_gc()
         if opts.duration_s is not None:
             try:
                 await asyncio.wait_for(stop.wait(), opts.duration_s)

@@ -33,8 +33,8 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from cadr.config import AuditSettings
 from schemas.codec import encode
+from schemas.settings import AuditSettings
 from sensors.audit.deadletter import dead_letter
 from sensors.audit.envelope import unwrap
 from sensors.audit.errors import AuditFormatError, PublishError, WebhookConfigError

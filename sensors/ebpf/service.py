@@ -20,8 +20,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from cadr.config import Settings
 from schemas.records import Workload
+from schemas.settings import Settings
 from sensors.containers import StaticWorkloadResolver, WorkloadResolver
 from sensors.ebpf import metrics
 from sensors.ebpf.errors import SensorError, SensorUnavailableError
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunOptions:
-    """Per-run choices (the rest comes from :class:`~cadr.config.Settings`)."""
+    """Per-run choices (the rest comes from :class:`~schemas.settings.Settings`)."""
 
     #: JSON lines to this file (``-`` = stdout) instead of Kafka
     output: str | None = None

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from schemas.records import IncidentStatus, Severity
+from schemas.topics import forward_dead_letter_topic
 from streams.forward.errors import ForwardConfigError
 
 __all__ = [
@@ -516,7 +517,7 @@ def parse_destination(
     concurrency = t.integer("concurrency", 2, lo=1, hi=64)
     timeout_s = t.number("timeout_s", 30.0, lo=0.1)
     start = t.text("start", "earliest", choices=("earliest", "latest"))
-    dlq = t.text("dead_letter_topic") or f"{topic_prefix}forward.dlq.{name}"
+    dlq = t.text("dead_letter_topic") or forward_dead_letter_topic(topic_prefix, name)
     group_id = t.text("group_id") or f"{group_prefix}{name}"
     enabled = t.flag("enabled", True)
     filt = _filter(t.table("filter"))

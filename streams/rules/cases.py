@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from cadr.config import DetectSettings
 from schemas.codec import decode, decode_event
 from schemas.errors import RecordError
 from schemas.records import Event, Profile, ProfileStatus
+from schemas.settings import DetectSettings
 from streams.baseline import profile_key
 from streams.detect import Detector
 from streams.rules.condition import Compiler

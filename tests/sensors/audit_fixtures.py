@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import trustme
 
-from cadr.config import AuditSettings
+from schemas.settings import AuditSettings
 from sensors.audit.sink import Sink
 from sensors.audit.webhook import AuditWebhook
 

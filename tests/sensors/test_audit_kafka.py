@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from cadr.kafka_local import LocalKafka
 from cadr.topics import ensure_topics
 from schemas.codec import decode_events, split_batch
+from schemas.topics import topic_specs
 from sensors.audit.sink import KafkaSink
 from sensors.audit.tailer import AuditLogTailer
 from tests.sensors.audit_fixtures import (
@@ -91,7 +92,7 @@ def _audit(i: int, stage: str = "ResponseComplete") -> dict[str, Any]:
 async def test_falco_corpus_through_the_tls_webhook_into_kafka(
     kafka_broker: LocalKafka, topic_prefix: str, tmp_path: Path
 ) -> None:
-    await ensure_topics(kafka_broker.bootstrap, topic_prefix, partitions=2)
+    await ensure_topics(kafka_broker.bootstrap, topic_specs(topic_prefix, 2))
     tls = make_tls(tmp_path)
     sink = KafkaSink(kafka_broker.bootstrap, f"{topic_prefix}raw", f"{topic_prefix}dlq", timeout_s=30)
     statuses = {}
@@ -118,7 +119,7 @@ async def test_kafka_down_is_503_and_nothing_answered_200_is_lost(tmp_path: Path
     kafka = LocalKafka(tmp_path / "kafka")
     await kafka.astart()
     try:
-        await ensure_topics(kafka.bootstrap, "down.", partitions=2)
+        await ensure_topics(kafka.bootstrap, topic_specs("down.", 2))
         tls = make_tls(tmp_path)
         sink = KafkaSink(kafka.bootstrap, "down.raw", "down.dlq", timeout_s=5)
         answered_200: set[str] = set()
@@ -152,7 +153,7 @@ async def test_kafka_down_is_503_and_nothing_answered_200_is_lost(tmp_path: Path
 async def test_tailer_delivers_each_line_once_across_restart_and_rotation(
     kafka_broker: LocalKafka, topic_prefix: str, tmp_path: Path
 ) -> None:
-    await ensure_topics(kafka_broker.bootstrap, topic_prefix, partitions=2)
+    await ensure_topics(kafka_broker.bootstrap, topic_specs(topic_prefix, 2))
     log = tmp_path / "audit.log"
     state = tmp_path / "audit.pos"
 

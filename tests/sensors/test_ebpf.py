@@ -510,8 +510,9 @@ def test_cli_publishes_to_kafka_keyed_by_workload(
     import msgspec
 
     from cadr.topics import ensure_topics
+    from schemas.topics import topic_specs
 
-    asyncio.run(ensure_topics(kafka_broker.bootstrap, topic_prefix))
+    asyncio.run(ensure_topics(kafka_broker.bootstrap, topic_specs(topic_prefix)))
     ctr = make_container("kafka")
     wl_file = workdir / "workloads.json"
     wl_file.write_text(

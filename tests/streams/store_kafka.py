@@ -12,9 +12,10 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from cadr.config import Settings
 from cadr.runtime import ChildProcess, spawn_cadr
 from cadr.topics import ensure_topics
+from schemas.settings import Settings
+from schemas.topics import topic_specs
 
 __all__ = ["StoreWorker", "produce", "store_settings", "store_worker"]
 
@@ -70,7 +71,7 @@ class StoreWorker:
 
     def start(self) -> StoreWorker:
         asyncio.run(
-            ensure_topics(self.settings.kafka.bootstrap, self.settings.kafka.topic_prefix, partitions=2)
+            ensure_topics(self.settings.kafka.bootstrap, topic_specs(self.settings.kafka.topic_prefix, 2))
         )
         self.child = spawn_cadr(self.name, ["worker", "--agents", "store"], self.settings)
         return self

@@ -6,7 +6,6 @@ from collections import Counter
 
 import pytest
 
-from cadr.config import DetectSettings
 from schemas.codec import decode_profile, encode
 from schemas.records import (
     Alert,
@@ -24,6 +23,7 @@ from schemas.records import (
     Source,
     Workload,
 )
+from schemas.settings import DetectSettings
 from streams.baseline import (
     Baselines,
     ProfileView,

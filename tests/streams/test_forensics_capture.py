@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from cadr.config import Settings
 from schemas.codec import decode_event
+from schemas.settings import Settings
 from streams.forensics.capture import (
     Selection,
     capture_from_store,

@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from cadr.commands.query import run_query
-from cadr.config import Settings
 from schemas.codec import encode
 from schemas.records import Incident, Severity, TimelineEntry, Workload
+from schemas.settings import Settings
 from streams.forensics.named import NamedQueryError, bind_params, load_named_queries, parse_time_ns
 from streams.forensics.synth import ATTACK
 from streams.store.sink import StoreWriter

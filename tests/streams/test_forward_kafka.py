@@ -20,11 +20,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from cadr.config import Settings
 from cadr.kafka_local import LocalKafka
 from cadr.topics import ensure_topics
 from schemas.codec import encode
 from schemas.records import Incident
+from schemas.settings import Settings
+from schemas.topics import topic_specs
 from streams.forward.config import parse_forward_config
 from streams.forward.consumer import Forwarder
 from tests.streams.forward_servers import BulkServer, HecServer, WebhookServer, make_incident
@@ -100,6 +101,8 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 60, what: str = "c
 
 @contextlib.asynccontextmanager
 async def running(forwarder: Forwarder) -> AsyncIterator[Forwarder]:
+    # as `cadr forward` does before it runs the forwarder
+    await ensure_topics(forwarder.settings.kafka.bootstrap, forwarder.dead_letter_specs())
     task = asyncio.create_task(forwarder.run())
     try:
         yield forwarder
@@ -121,7 +124,7 @@ def forward_config(prefix: str, *destinations: dict[str, Any]) -> Any:
 
 @pytest.fixture
 async def topics(kafka_broker: LocalKafka, topic_prefix: str) -> str:
-    await ensure_topics(kafka_broker.bootstrap, prefix=topic_prefix, partitions=4)
+    await ensure_topics(kafka_broker.bootstrap, topic_specs(topic_prefix, 4))
     return topic_prefix
 
 

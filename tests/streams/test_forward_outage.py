@@ -26,6 +26,7 @@ import pytest
 
 from cadr.kafka_local import LocalKafka
 from cadr.topics import ensure_topics
+from schemas.topics import topic_specs
 from streams.forward.consumer import Forwarder
 from tests.streams.forward_servers import (
     BulkServer,
@@ -68,7 +69,7 @@ def _syslog_ids(rs: Rsyslogd) -> list[str]:
 async def test_destinations_down_for_a_minute_lose_nothing(
     kafka_broker: LocalKafka, topic_prefix: str, tmp_path: Path
 ) -> None:
-    await ensure_topics(kafka_broker.bootstrap, prefix=topic_prefix, partitions=4)
+    await ensure_topics(kafka_broker.bootstrap, topic_specs(topic_prefix, 4))
     settings = settings_for(kafka_broker, topic_prefix)
     updates = [make_incident(n, r, timeline=2) for r in range(1, REVISIONS + 1) for n in range(INCIDENTS)]
     expected = {f"{u.incident_id}:{u.revision}" for u in updates}
@@ -168,7 +169,7 @@ async def _scrape(port: int) -> dict[str, float]:
 async def test_forwarder_killed_mid_batch_loses_nothing(
     kafka_broker: LocalKafka, topic_prefix: str, tmp_path: Path
 ) -> None:
-    await ensure_topics(kafka_broker.bootstrap, prefix=topic_prefix, partitions=4)
+    await ensure_topics(kafka_broker.bootstrap, topic_specs(topic_prefix, 4))
     settings = settings_for(kafka_broker, topic_prefix)
     updates = [make_incident(n, r, timeline=2) for r in range(1, 11) for n in range(200)]
     expected = {f"{u.incident_id}:{u.revision}" for u in updates}

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from cadr.commands.query import run_query
-from cadr.config import Settings
+from schemas.settings import Settings
 from streams.store.client import client_for
 from streams.store.errors import QueryError
 from streams.store.sink import StoreWriter

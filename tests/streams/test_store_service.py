@@ -84,7 +84,7 @@ def test_a_rebalance_drain_and_the_consume_loop_complete_each_batch_once_in_orde
     must not take the next, unfinished batch off the list and commit past it."""
     import asyncio
 
-    from cadr.config import Settings
+    from schemas.settings import Settings
     from streams.store.service import StoreService
 
     async def scenario() -> list[int]:
