@@ -13,11 +13,15 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from schemas.records import Actor, Alert, Event, EventKind, Profile
 from schemas.settings import DetectSettings
 from streams.baseline import Baselines
 from streams.rules import EvalContext, Match, RuleSet, load_rules
+
+if TYPE_CHECKING:
+    from streams.app import CadrApp
 
 __all__ = ["DetectState", "Detector", "actors_of", "register", "scan_events"]
 
@@ -217,14 +221,12 @@ def scan_events(
     return detector.process_many(sorted(events, key=lambda e: e.time))
 
 
-def register(cadr_app: object) -> None:
+def register(cadr_app: CadrApp) -> None:
     """Add the detect agent: events → alerts, with profiles in a Faust table."""
     from schemas.codec import decode_events, encode
     from schemas.errors import RecordError
-    from streams.app import CadrApp
     from streams.profiles import profile_table
 
-    assert isinstance(cadr_app, CadrApp)
     settings = cadr_app.settings
     app = cadr_app.app
     # profiles live on the partition of their workload's events (see streams.profiles)

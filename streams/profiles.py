@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.partitioner import murmur2
 
@@ -34,6 +34,9 @@ from schemas.errors import CadrError, RecordError
 from schemas.records import Profile, ProfileEdit
 from schemas.settings import Settings
 from schemas.topics import EDITS
+
+if TYPE_CHECKING:
+    from streams.app import CadrApp
 
 __all__ = [
     "ProfileChannelError",
@@ -102,11 +105,9 @@ def profile_table(cadr_app: Any, name: str = "cadr-profiles") -> Any:
     return RecordTable(table, decode_profile)
 
 
-def register(cadr_app: Any) -> None:
+def register(cadr_app: CadrApp) -> None:
     """Add the agent applying profile edits (register after the detect stage)."""
-    from streams.app import CadrApp
 
-    assert isinstance(cadr_app, CadrApp)
     detector = cadr_app.stages.get("detect")
     if detector is None:
         raise RuntimeError("the profiles stage applies edits through the detect stage: register detect first")

@@ -1,6 +1,6 @@
 """Rule cases: the events a rule must and must not fire on, and the runner that checks them.
 
-Every rule folder ships a ``cases.yaml`` (see FORMAT.md) with at least one ``fire`` and one
+Every rule folder ships a ``cases.yaml`` (see streams/rules/FORMAT.md) with at least one ``fire`` and one
 ``no_fire`` case. Each case runs through a fresh :class:`streams.detect.Detector` holding only
 its rule (the shared lists and macros still come from the full load): ``before`` events are
 fed first to build state (process tree, files written), ``baseline`` is installed as a
@@ -8,6 +8,9 @@ complete profile for the case's workload, then the case event is processed and t
 of that rule are compared with what the case expects. A case may redefine shared ``lists``
 and ``macros`` the way a site ``macros.yaml`` does (to show a rule that is off by default
 firing once a site turns it on).
+
+It lives above :mod:`streams.detect`, not in :mod:`streams.rules`: it runs rules through the detector, and
+the rules package is what the detector is built on.
 """
 
 from __future__ import annotations
