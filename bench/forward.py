@@ -42,10 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from schemas.codec import encode  # noqa: E402
-from streams.forward.config import parse_destination  # noqa: E402
 from streams.forward.delivery import Deliverer  # noqa: E402
 from streams.forward.destinations import build_destination  # noqa: E402
 from streams.forward.metrics import DestinationMetrics  # noqa: E402
+from streams.forward.parse import parse_destination  # noqa: E402
 from streams.forward.payload import Item, decode_record, make_item, matches  # noqa: E402
 from tests.streams.forward_servers import (  # noqa: E402
     BulkServer,
@@ -168,8 +168,8 @@ async def kafka_end_to_end(
     from cadr.topics import ensure_topics
     from schemas.settings import Settings
     from schemas.topics import topic_specs
-    from streams.forward.config import parse_forward_config
     from streams.forward.consumer import Forwarder
+    from streams.forward.parse import parse_forward_config
 
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     await ensure_topics(bootstrap, topic_specs(prefix, 4))

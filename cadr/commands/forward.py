@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _handle(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.forward.config import parse_forward_config
+    from streams.forward.parse import parse_forward_config
 
     config = parse_forward_config(settings.forward, topic_prefix=settings.kafka.topic_prefix)
     if args.metrics_port is not None:

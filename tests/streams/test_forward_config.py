@@ -9,15 +9,13 @@ import pytest
 
 from cadr.config import load_settings
 from schemas.records import Severity
-from streams.forward.config import (
-    ElasticOptions,
-    ForwardConfig,
-    SplunkOptions,
-    SyslogOptions,
-    WebhookOptions,
-    parse_forward_config,
-)
+from streams.forward.config import ForwardConfig
+from streams.forward.elasticsearch import ElasticOptions
 from streams.forward.errors import ForwardConfigError
+from streams.forward.parse import parse_forward_config
+from streams.forward.splunk import SplunkOptions
+from streams.forward.syslog import SyslogOptions
+from streams.forward.webhook import WebhookOptions
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "forward.md"
 

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from streams.forward.base import OK, Destination, ItemResult, Status
-from streams.forward.config import RetryConfig, parse_destination
+from streams.forward.config import RetryConfig
 from streams.forward.delivery import Deliverer, chunks, lanes, retry_set
 from streams.forward.errors import BatchRejectedError, TransientError
 from streams.forward.metrics import DestinationMetrics
+from streams.forward.parse import parse_destination
 from streams.forward.payload import Item, make_item
 from streams.forward.retry import Backoff
 from tests.streams.forward_servers import make_incident

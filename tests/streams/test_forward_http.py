@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import trustme
 
-from streams.forward.config import parse_destination
 from streams.forward.consumer import send_test
 from streams.forward.delivery import Deliverer
 from streams.forward.destinations import build_destination
 from streams.forward.metrics import DestinationMetrics
+from streams.forward.parse import parse_destination
 from streams.forward.payload import Item, make_item
 from tests.streams.forward_servers import BulkServer, HecServer, WebhookServer, make_incident
 

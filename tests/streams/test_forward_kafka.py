@@ -26,8 +26,8 @@ from schemas.codec import encode
 from schemas.records import Incident
 from schemas.settings import Settings
 from schemas.topics import topic_specs
-from streams.forward.config import parse_forward_config
 from streams.forward.consumer import Forwarder
+from streams.forward.parse import parse_forward_config
 from tests.streams.forward_servers import BulkServer, HecServer, WebhookServer, make_incident
 
 pytestmark = pytest.mark.kafka

@@ -7,7 +7,8 @@ import pytest
 
 from schemas.records import IncidentStatus, Severity
 from streams.forward.cef import cef_line, escape_extension, escape_header
-from streams.forward.config import FilterConfig, parse_destination
+from streams.forward.config import FilterConfig
+from streams.forward.parse import parse_destination
 from streams.forward.payload import format_payload, make_item, matches, rfc3339, sample_incident
 from streams.forward.syslog import Syslog, compact_payload, frame, rfc5424, sd_escape
 from tests.streams.forward_servers import make_incident
