@@ -14,7 +14,6 @@ which is how start-up files reach a shared profile.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
 
 from schemas.records import Event, EventKind, Profile, ProfileEdit, ProfileStatus
@@ -32,6 +31,7 @@ from streams.baseline.patterns import (
     privilege_key,
 )
 from streams.baseline.view import ProfileView
+from streams.lru import Lru
 
 __all__ = ["Baselines"]
 
@@ -46,18 +46,6 @@ _MAX_PRIVS = 256
 
 _NO_PROFILE = frozenset({EventKind.K8S_API, EventKind.SENSOR_HEALTH})
 _LISTEN_KINDS = frozenset({EventKind.NET_LISTEN, EventKind.NET_ACCEPT})
-
-
-class _Lru(OrderedDict[str, str]):
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def put(self, key: str, value: str) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        if len(self) > self.limit:
-            self.popitem(last=False)
 
 
 class Baselines:
@@ -88,9 +76,9 @@ class Baselines:
         self._next_due = 0
         # container ids this process has seen, to tell a container start (its first event is
         # an exec) from a container that was already running
-        self._containers = _Lru(max_containers)
+        self._containers: Lru[str, str] = Lru(max_containers)
         # (profile key, ip) -> DNS name that answered it, for name-keyed egress
-        self._resolved = _Lru(max_resolved)
+        self._resolved: Lru[str, str] = Lru(max_resolved)
         self._dns_warm: set[str] = set()
         # container id -> (profile key, end of its start-up learning): see _startup_learn
         self._startup: dict[str, tuple[str, int]] = {}
