@@ -26,7 +26,8 @@ from sensors.containers import StaticWorkloadResolver, WorkloadResolver
 from sensors.ebpf import metrics
 from sensors.ebpf.errors import SensorError, SensorUnavailableError
 from sensors.ebpf.loader import DEFAULT_OBJECT, DEFAULT_SENSITIVE_PREFIXES, ProbeConfig, preflight
-from sensors.ebpf.sensor import EbpfSensor, JsonLinesSink, PublisherSink, SensorOptions, Sink
+from sensors.ebpf.sensor import EbpfSensor, PublisherSink, SensorOptions, Sink
+from sensors.jsonlines import JsonLinesSink
 from sensors.publisher import Publisher
 
 __all__ = ["RunOptions", "check_available", "load_workloads", "run_ebpf_sensor"]
