@@ -88,17 +88,8 @@ def _register_ebpf(sub: Any) -> None:
         default="auto",
         help="cgroup v1 controller used to find containers on v1/hybrid hosts; '' to disable (default: auto)",
     )
-    p.add_argument(
-        "--kube-api",
-        metavar="URL",
-        help="API server whose pods of this node name the workloads (default: off: container ids only)",
-    )
-    p.add_argument("--kube-token-file", help="bearer token file for --kube-api (default: none)")
-    p.add_argument("--kube-ca", help="CA file for --kube-api (default: system trust)")
-    p.add_argument(
-        "--in-cluster",
-        action="store_true",
-        help="pod metadata from the in-cluster API with this pod's service account (default: off)",
+    _add_kube_access(
+        p, "API server whose pods of this node name the workloads (default: off: container ids only)"
     )
     p.add_argument(
         "--host-cgroup",
@@ -150,18 +141,7 @@ def _run_ebpf(args: argparse.Namespace, settings: Settings) -> int:
         metrics=args.metrics,
         workloads_file=args.workloads,
     )
-
-    opts.k8s_api, opts.k8s_token_file, opts.k8s_ca_file = (
-        args.kube_api or "",
-        args.kube_token_file or "",
-        args.kube_ca or "",
-    )
-    if args.in_cluster:  # the same defaults as `cadr sensor audit --in-cluster`
-        from sensors.k8s.watcher import IN_CLUSTER_CA, IN_CLUSTER_TOKEN
-
-        opts.k8s_api = opts.k8s_api or "https://kubernetes.default.svc"
-        opts.k8s_token_file = opts.k8s_token_file or IN_CLUSTER_TOKEN
-        opts.k8s_ca_file = opts.k8s_ca_file or IN_CLUSTER_CA
+    opts.k8s_api, opts.k8s_token_file, opts.k8s_ca_file = _kube_access(args)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -241,18 +221,7 @@ def _register_audit(sub: Any) -> None:
         action="store_true",
         help="start a file never seen before at its end instead of its beginning (default: beginning)",
     )
-    p.add_argument(
-        "--kube-api",
-        metavar="URL",
-        help="API server URL for pod metadata (owner chain, service account, IPs) (default: off)",
-    )
-    p.add_argument("--kube-token-file", help="bearer token file for --kube-api (default: none)")
-    p.add_argument("--kube-ca", help="CA file for --kube-api (default: system trust)")
-    p.add_argument(
-        "--in-cluster",
-        action="store_true",
-        help="pod metadata from the in-cluster API with this pod's service account (default: off)",
-    )
+    _add_kube_access(p, "API server URL for pod metadata (owner chain, service account, IPs) (default: off)")
     p.add_argument("--node", help="node name stamped on events (default: node setting / hostname)")
     p.add_argument(
         "--duration", type=float, help="stop after this many seconds (default: run until signalled)"
@@ -263,7 +232,6 @@ def _register_audit(sub: Any) -> None:
 def _run_audit(args: argparse.Namespace, settings: Settings) -> int:
     from cadr.runtime import relax_cyclic_gc
     from sensors.audit.service import AuditRunOptions, run_audit_sensor
-    from sensors.k8s.watcher import IN_CLUSTER_CA, IN_CLUSTER_TOKEN
 
     audit = settings.audit
     if args.listen:
@@ -281,10 +249,7 @@ def _run_audit(args: argparse.Namespace, settings: Settings) -> int:
             setattr(audit, name, value)
     if args.node:
         settings.node = args.node
-    kube_api, kube_token, kube_ca = args.kube_api or "", args.kube_token_file or "", args.kube_ca or ""
-    if args.in_cluster:
-        kube_api = kube_api or "https://kubernetes.default.svc"
-        kube_token, kube_ca = kube_token or IN_CLUSTER_TOKEN, kube_ca or IN_CLUSTER_CA
+    kube_api, kube_token, kube_ca = _kube_access(args)
     opts = AuditRunOptions(
         webhook=not args.no_webhook,
         files=list(args.file or audit.log_files),
@@ -309,3 +274,30 @@ def _run_audit(args: argparse.Namespace, settings: Settings) -> int:
 
     asyncio.run(main())
     return 0
+
+
+# ----------------------------------------------------------------------------- kube access
+
+
+def _add_kube_access(p: argparse.ArgumentParser, api_help: str) -> None:
+    """The flags that give a sensor the Kubernetes API (pod metadata), the same for every sensor."""
+    p.add_argument("--kube-api", metavar="URL", help=api_help)
+    p.add_argument("--kube-token-file", help="bearer token file for --kube-api (default: none)")
+    p.add_argument("--kube-ca", help="CA file for --kube-api (default: system trust)")
+    p.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="pod metadata from the in-cluster API with this pod's service account (default: off)",
+    )
+
+
+def _kube_access(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(API URL, token file, CA file) from the flags of :func:`_add_kube_access`; ``--in-cluster`` fills
+    what is not given with the pod's own service account."""
+    api, token, ca = args.kube_api or "", args.kube_token_file or "", args.kube_ca or ""
+    if args.in_cluster:
+        from sensors.k8s.watcher import IN_CLUSTER_CA, IN_CLUSTER_TOKEN
+
+        api = api or "https://kubernetes.default.svc"
+        token, ca = token or IN_CLUSTER_TOKEN, ca or IN_CLUSTER_CA
+    return api, token, ca
