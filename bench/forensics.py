@@ -39,8 +39,8 @@ from schemas.topics import topic_specs
 from streams.enrich import workload_batches
 from streams.forensics.named import bind_params, load_named_queries
 from streams.forensics.reader import open_reader
-from streams.forensics.synth import ATTACK, ClusterModel, generate
 from streams.store.service import StoreService
+from tests.streams.forensics.synth import ATTACK, ClusterModel, generate
 
 
 def _say(msg: str) -> None:

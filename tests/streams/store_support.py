@@ -11,9 +11,9 @@ import orjson
 
 from schemas.codec import encode
 from schemas.records import Event, File, Network, Process, Workload
-from streams.forensics.synth import ClusterModel, generate
 from streams.store.client import open_client
 from streams.store.dedup import Coord
+from tests.streams.forensics.synth import ClusterModel, generate
 
 __all__ = [
     "chdb_dsn",

@@ -13,8 +13,8 @@ from schemas.codec import encode
 from schemas.records import Incident, Severity, TimelineEntry, Workload
 from schemas.settings import Settings
 from streams.forensics.named import NamedQueryError, bind_params, load_named_queries, parse_time_ns
-from streams.forensics.synth import ATTACK
 from streams.store.sink import StoreWriter
+from tests.streams.forensics.synth import ATTACK
 from tests.streams.store_support import payloads
 
 NAMED = {

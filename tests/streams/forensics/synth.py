@@ -1,4 +1,4 @@
-"""Synthetic cluster activity: realistic event streams for benchmarks, tests and demos.
+"""Synthetic cluster activity at scale: realistic event streams for the forensics/store benchmarks and tests.
 
 A small model of a cluster: namespaces with Deployments whose pods run a process tree (an entrypoint that
 spawns workers, health checks and shell scripts), open files, resolve names, connect to services and call the
