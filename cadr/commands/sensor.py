@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import functools
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from schemas.settings import Settings
@@ -48,17 +49,7 @@ def _register_ebpf(sub: Any) -> None:
             "Kafka (spooling to disk while Kafka is unreachable) or write JSON lines."
         ),
     )
-    p.add_argument(
-        "--kafka",
-        dest="sensor_kafka",
-        metavar="BOOTSTRAP",
-        help="Kafka bootstrap servers (default: the global --kafka / kafka.bootstrap setting)",
-    )
-    p.add_argument(
-        "--output",
-        metavar="FILE|-",
-        help="write JSON lines to FILE (- = stdout) instead of publishing to Kafka (default: Kafka)",
-    )
+    _add_destination(p)
     p.add_argument("--topic", help="topic to publish to (default: <topic prefix>raw, i.e. cadr.raw)")
     p.add_argument(
         "--spool-dir",
@@ -143,14 +134,7 @@ def _run_ebpf(args: argparse.Namespace, settings: Settings) -> int:
     )
     opts.k8s_api, opts.k8s_token_file, opts.k8s_ca_file = _kube_access(args)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_ebpf_sensor(settings, opts, stop)
-
-    asyncio.run(main())
+    _run_until_signalled(lambda stop: run_ebpf_sensor(settings, opts, stop))
     return 0
 
 
@@ -171,17 +155,7 @@ def _register_audit(sub: Any) -> None:
             "under <data dir>/audit-tls."
         ),
     )
-    p.add_argument(
-        "--kafka",
-        dest="sensor_kafka",
-        metavar="BOOTSTRAP",
-        help="Kafka bootstrap servers (default: the global --kafka / kafka.bootstrap setting)",
-    )
-    p.add_argument(
-        "--output",
-        metavar="FILE|-",
-        help="write JSON lines to FILE (- = stdout) instead of Kafka (default: Kafka)",
-    )
+    _add_destination(p)
     p.add_argument(
         "--listen",
         metavar="HOST:PORT",
@@ -265,18 +239,39 @@ def _run_audit(args: argparse.Namespace, settings: Settings) -> int:
         tune_gc=functools.partial(relax_cyclic_gc, freeze=True),
     )
 
+    _run_until_signalled(lambda stop: run_audit_sensor(settings, opts, stop))
+    return 0
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+def _add_destination(p: argparse.ArgumentParser) -> None:
+    """Where a sensor's events go: Kafka (``--kafka``, else the global one) or JSON lines (``--output``)."""
+    p.add_argument(
+        "--kafka",
+        dest="sensor_kafka",
+        metavar="BOOTSTRAP",
+        help="Kafka bootstrap servers (default: the global --kafka / kafka.bootstrap setting)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="FILE|-",
+        help="write JSON lines to FILE (- = stdout) instead of publishing to Kafka (default: Kafka)",
+    )
+
+
+def _run_until_signalled(run: Callable[[asyncio.Event], Awaitable[object]]) -> None:
+    """Run a sensor until it returns, or until SIGINT/SIGTERM sets the event it watches."""
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_audit_sensor(settings, opts, stop)
+        await run(stop)
 
     asyncio.run(main())
-    return 0
-
-
-# ----------------------------------------------------------------------------- kube access
 
 
 def _add_kube_access(p: argparse.ArgumentParser, api_help: str) -> None:
