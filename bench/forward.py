@@ -3,7 +3,7 @@
     .venv/bin/python bench/forward.py [--incidents 20000] [--batch-size 500] [--concurrency 2]
                                       [--kafka HOST:PORT]
 
-The receivers are the protocol-faithful test servers (tests/streams/forward_servers.py:
+The receivers are the protocol-faithful test servers (tests/streams/forward/servers.py:
 Splunk HEC, Elasticsearch bulk, a JSON webhook) running in a separate process so they do
 not share the client's interpreter, plus a real rsyslogd for syslog when installed.
 
@@ -47,7 +47,7 @@ from streams.forward.destinations import build_destination  # noqa: E402
 from streams.forward.metrics import DestinationMetrics  # noqa: E402
 from streams.forward.parse import parse_destination  # noqa: E402
 from streams.forward.payload import Item, decode_record, make_item, matches  # noqa: E402
-from tests.streams.forward_servers import (  # noqa: E402
+from tests.streams.forward.servers import (  # noqa: E402
     BulkServer,
     HecServer,
     Rsyslogd,

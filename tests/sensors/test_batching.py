@@ -1,5 +1,5 @@
 """The sensors' partition-and-fold step (pure; sending is covered against Kafka in test_publisher.py and
-test_audit_kafka.py)."""
+audit/test_kafka.py)."""
 
 from __future__ import annotations
 
