@@ -46,9 +46,8 @@ from sensors.audit.credentials import ensure_local_credentials
 from sensors.audit.sink import KafkaSink
 from sensors.audit.webhook import AuditWebhook, process_body
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "k8s_audit" / "falco"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/corpus/k8s_audit/falco")
+#: Falco's recorded audit events (tests/data/k8s_audit/README.md says where from)
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "k8s_audit" / "falco"
 
 
 def corpus_events() -> list[dict[str, Any]]:

@@ -16,9 +16,8 @@ from schemas.settings import AuditSettings
 from sensors.audit.sink import Sink
 from sensors.audit.webhook import AuditWebhook
 
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus" / "k8s_audit"
-if not CORPUS.is_dir():  # the shared corpus sits beside the repository
-    CORPUS = Path("/work/shared/corpus/k8s_audit")
+#: recorded audit events (tests/data/k8s_audit/README.md says where from)
+CORPUS = Path(__file__).resolve().parents[2] / "data" / "k8s_audit"
 FALCO = CORPUS / "falco"
 ELASTIC = CORPUS / "elastic"
 

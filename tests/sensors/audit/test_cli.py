@@ -23,7 +23,6 @@ from schemas.records import Alert
 from sensors.audit.normalize import normalize
 from tests.sensors.audit.support import ELASTIC, FALCO
 
-pytestmark = pytest.mark.skipif(not FALCO.is_dir(), reason="shared corpus not present")
 CADR = [sys.executable, "-m", "cadr.cli"]
 REPO = Path(__file__).resolve().parents[3]
 

@@ -88,7 +88,6 @@ def _audit(i: int, stage: str = "ResponseComplete") -> dict[str, Any]:
     }
 
 
-@pytest.mark.skipif(not FALCO.is_dir(), reason="shared corpus not present")
 async def test_falco_corpus_through_the_tls_webhook_into_kafka(
     kafka_broker: LocalKafka, topic_prefix: str, tmp_path: Path
 ) -> None:

@@ -15,8 +15,6 @@ from sensors.audit.normalize import event_id_for, normalize, parse_time_ns
 from sensors.audit.request import image_repository
 from tests.sensors.audit.support import ELASTIC, FALCO
 
-pytestmark = pytest.mark.skipif(not FALCO.is_dir(), reason="shared corpus not present")
-
 
 def _falco(name: str) -> dict[str, Any]:
     return orjson.loads((FALCO / name).read_bytes().splitlines()[0])

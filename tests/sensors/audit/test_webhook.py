@@ -31,7 +31,7 @@ from tests.sensors.audit.support import (
 )
 
 Hook = tuple[AuditWebhook, MemorySink]
-EXEC = orjson.loads((FALCO / "exec_pod.json").read_bytes()) if FALCO.is_dir() else {}
+EXEC = orjson.loads((FALCO / "exec_pod.json").read_bytes())
 
 
 def _event(audit_id: str, **over: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Falco's k8s-audit regression corpus through the TLS webhook and the k8s_audit rules.
 
-Every trace file of ``corpus/k8s_audit/falco`` is POSTed to a running webhook over TLS with a client
+Every trace file of ``tests/data/k8s_audit/falco`` is POSTed to a running webhook over TLS with a client
 certificate (as the API server would send it); the events it stored are evaluated by the rules, once per
 test case of ``EXPECTED.yaml`` with the configuration that test case used in Falco's suite translated to
 cadr's tuning hooks (see ``_ruleset``). Expectations:
@@ -32,8 +32,6 @@ from schemas.records import DeadLetter, Event
 from sensors.audit.sink import MemorySink
 from streams.rules import BUILTIN_DIR, EvalContext, RuleSet, load_rules
 from tests.sensors.audit.support import FALCO, audit_settings, corpus_body, make_tls, running_webhook
-
-pytestmark = pytest.mark.skipif(not FALCO.is_dir(), reason="shared corpus not present")
 
 #: Falco rule name (k8saudit-rules 0.6.0) -> the cadr rule that covers it
 FALCO_TO_CADR = {
