@@ -1,7 +1,7 @@
 """The local Apache Kafka (deploy/kafka + cadr.kafka_local) and the cadr topics, against a real broker.
 
 Covers what the rest of cadr relies on: the broker starts and serves metadata; ensure_topics makes the six
-DESIGN.md topics with the right configs; aiokafka round-trips lz4 and zstd batches; a Faust agent with a
+pipeline topics of docs/architecture.md with the right configs; aiokafka round-trips lz4 and zstd batches; a Faust agent with a
 changelogged table consumes one topic and produces to another; and a broker stopped, killed or paused comes
 back on the same data dir and port with its messages.
 """
