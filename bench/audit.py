@@ -36,18 +36,18 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cadr.config import AuditSettings
 from cadr.kafka_local import LocalKafka
 from cadr.runtime import relax_cyclic_gc
 from cadr.topics import ensure_topics
 from schemas.codec import split_batch
+from schemas.settings import AuditSettings
+from schemas.topics import topic_specs
 from sensors.audit.credentials import ensure_local_credentials
 from sensors.audit.sink import KafkaSink
 from sensors.audit.webhook import AuditWebhook, process_body
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "k8s_audit" / "falco"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/corpus/k8s_audit/falco")
+#: Falco's recorded audit events (tests/data/k8s_audit/README.md says where from)
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "k8s_audit" / "falco"
 
 
 def corpus_events() -> list[dict[str, Any]]:
@@ -224,7 +224,7 @@ async def bench_webhook(
     bodies: list[bytes], events: int, bootstrap: str, senders: int, workdir: Path
 ) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
-    await ensure_topics(bootstrap, prefix, partitions=4)
+    await ensure_topics(bootstrap, topic_specs(prefix, 4))
     creds = ensure_local_credentials(workdir / "tls")
     settings = AuditSettings(
         host="127.0.0.1",

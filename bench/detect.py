@@ -11,7 +11,7 @@ Prints, from one run:
   the pipeline fed live at a fixed rate.
 
 Each measured phase runs in its own process (``--phase``): a Faust worker built by
-``streams.app.create_app`` with the real stage modules, plus a probe that reads the stage
+``streams.worker.create_app`` with the real stage modules, plus a probe that reads the stage
 counters every 20 ms. Bounded: a fixed number of events, deadlines on every wait.
 
     python bench/detect.py [--workloads 1000] [--events 200000] [--partitions 4]
@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cadr.config import Settings
 from schemas.codec import encode, join_batch
 from schemas.records import (
     Dns,
@@ -51,6 +49,7 @@ from schemas.records import (
     Source,
     Workload,
 )
+from schemas.settings import Settings
 
 SEC = 10**9
 T0 = 1_790_000_000 * SEC
@@ -306,14 +305,15 @@ def run_phase(args: argparse.Namespace) -> int:
 
     import faust
 
-    from streams.app import create_app
+    from streams.app import CadrApp, build_app
+    from streams.worker import create_app
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = settings_for(args.bootstrap, args.prefix, args.partitions, args.data_dir, args.app_id)
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     bare_count = [0]
 
-    def register_bare(cadr_app: Any) -> None:
+    def register_bare(cadr_app: CadrApp) -> None:
         batch, within = settings.worker.batch_size, settings.worker.batch_window_s
 
         @cadr_app.app.agent(cadr_app.topic("raw"), name="bench.bare")
@@ -326,7 +326,7 @@ def run_phase(args: argparse.Namespace) -> int:
 
     state: dict[str, Any] = {"t_learned": 0.0, "c_learned": 0, "done": False}
 
-    def register_probe(cadr_app: Any) -> None:
+    def register_probe(cadr_app: CadrApp) -> None:
         detector = cadr_app.stages.get("detect")
 
         def count() -> int:
@@ -366,14 +366,12 @@ def run_phase(args: argparse.Namespace) -> int:
                 if args.phase == "bare":
                     os._exit(0)
 
-    sys.modules["streams.bench_bare"] = types.SimpleNamespace(register=register_bare)  # type: ignore[assignment]
-    sys.modules["streams.bench_probe"] = types.SimpleNamespace(register=register_probe)  # type: ignore[assignment]
-    stages = (
-        ["bench_bare", "bench_probe"]
-        if args.phase == "bare"
-        else ["enrich", "detect", "profiles", "correlate", "bench_probe"]
-    )
-    cadr_app = create_app(settings, stages=stages)
+    if args.phase == "bare":
+        cadr_app = build_app(settings)
+        register_bare(cadr_app)
+    else:
+        cadr_app = create_app(settings, stages=["enrich", "detect", "profiles", "correlate"])
+    register_probe(cadr_app)
     profiler = None
     if args.profile:
         import cProfile
@@ -564,7 +562,6 @@ def main() -> int:
 
     from cadr.kafka_local import LocalKafka
     from cadr.runtime import ensure_topics_sync
-    from streams.profiles import ensure_edits_topic
 
     work = Path(tempfile.mkdtemp(prefix="cadr-bench-detect-"))
     kafka = None
@@ -577,8 +574,7 @@ def main() -> int:
     try:
         prefix = f"bd{uuid.uuid4().hex[:6]}."
         settings = settings_for(bootstrap, prefix, args.partitions, str(work), "bench")
-        ensure_topics_sync(settings)
-        asyncio.run(ensure_edits_topic(settings))
+        ensure_topics_sync(settings)  # profile-edits too
         fleet = Fleet(args.workloads)
         learning_events = fleet.learning()
         start = T0 + int(LEARNING_WINDOW_S * SEC) + SEC

@@ -32,14 +32,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from cadr.config import Settings
 from cadr.runtime import relax_cyclic_gc
 from cadr.topics import ensure_topics
+from schemas.settings import Settings
+from schemas.topics import topic_specs
 from streams.enrich import workload_batches
 from streams.forensics.named import bind_params, load_named_queries
 from streams.forensics.reader import open_reader
-from streams.forensics.synth import ATTACK, ClusterModel, generate
 from streams.store.service import StoreService
+from tests.streams.forensics.synth import ATTACK, ClusterModel, generate
 
 
 def _say(msg: str) -> None:
@@ -291,7 +292,7 @@ async def main_async(args: argparse.Namespace) -> int:
     n = args.events
     model = ClusterModel(namespaces=args.namespaces, workloads_per_namespace=args.workloads)
     try:
-        await ensure_topics(bootstrap, prefix, partitions=args.partitions)
+        await ensure_topics(bootstrap, topic_specs(prefix, args.partitions))
         topic = settings.topic("events")
         _say(
             f"cadr forensics bench: {n:,} events, {args.partitions} partitions, sink batch {args.batch_size:,} records or {args.batch_mib} MiB, "

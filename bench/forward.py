@@ -3,7 +3,7 @@
     .venv/bin/python bench/forward.py [--incidents 20000] [--batch-size 500] [--concurrency 2]
                                       [--kafka HOST:PORT]
 
-The receivers are the protocol-faithful test servers (tests/streams/forward_servers.py:
+The receivers are the protocol-faithful test servers (tests/streams/forward/servers.py:
 Splunk HEC, Elasticsearch bulk, a JSON webhook) running in a separate process so they do
 not share the client's interpreter, plus a real rsyslogd for syslog when installed.
 
@@ -42,12 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from schemas.codec import encode  # noqa: E402
-from streams.forward.config import parse_destination  # noqa: E402
 from streams.forward.delivery import Deliverer  # noqa: E402
 from streams.forward.destinations import build_destination  # noqa: E402
 from streams.forward.metrics import DestinationMetrics  # noqa: E402
+from streams.forward.parse import parse_destination  # noqa: E402
 from streams.forward.payload import Item, decode_record, make_item, matches  # noqa: E402
-from tests.streams.forward_servers import (  # noqa: E402
+from tests.streams.forward.servers import (  # noqa: E402
     BulkServer,
     HecServer,
     Rsyslogd,
@@ -165,13 +165,14 @@ async def kafka_end_to_end(
     """The whole path: produce n incidents, then a Forwarder (consumer group) delivers them to HEC."""
     from aiokafka import AIOKafkaProducer
 
-    from cadr.config import Settings
     from cadr.topics import ensure_topics
-    from streams.forward.config import parse_forward_config
+    from schemas.settings import Settings
+    from schemas.topics import topic_specs
     from streams.forward.consumer import Forwarder
+    from streams.forward.parse import parse_forward_config
 
     prefix = f"bench{uuid.uuid4().hex[:6]}."
-    await ensure_topics(bootstrap, prefix=prefix, partitions=4)
+    await ensure_topics(bootstrap, topic_specs(prefix, 4))
     settings = Settings()
     settings.kafka.bootstrap = bootstrap
     settings.kafka.topic_prefix = prefix
@@ -201,6 +202,7 @@ async def kafka_end_to_end(
         topic_prefix=prefix,
     )
     fw = Forwarder(settings, cfg)
+    await ensure_topics(bootstrap, fw.dead_letter_specs())  # as `cadr forward` does
     m = fw.metrics.destinations["hec"]
     start = time.perf_counter()
     task = asyncio.create_task(fw.run())

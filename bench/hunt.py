@@ -3,7 +3,7 @@
     .venv/bin/python bench/hunt.py                     # 1M events (quick)
     .venv/bin/python bench/hunt.py --events 10000000   # the figure the issue asks for
 
-Steps: generate a synthetic cluster's activity (``streams.forensics.synth``: process trees, opens, connections,
+Steps: generate a synthetic cluster's activity (``tests.streams.forensics.synth``: process trees, opens, connections,
 DNS, Kubernetes API calls by people and service accounts, one attack story) and store it in an embedded store
 through the store writer's fast path (the worker's store stage, without Kafka); then, for each rule, run
 ``cadr hunt``'s code (SQL from the condition, rows decoded and re-checked by the rule, alerts folded) ``--runs``
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from streams.forensics.hunt import hunt, plan_hunt
 from streams.forensics.reader import StoreReader
-from streams.forensics.synth import ClusterModel, generate
 from streams.rules import load_rules
 from streams.store.client import open_client
 from streams.store.sink import StoreWriter
+from tests.streams.forensics.synth import ClusterModel, generate
 
 #: an eBPF rule the attack story fires once, and an audit rule people fire often (reads of secrets)
 DEFAULT_RULES = ["CADR-PROC-0001", "CADR-K8S-0012", "CADR-K8S-0029"]

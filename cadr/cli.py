@@ -2,7 +2,7 @@
 
 Each command lives in its own module under ``cadr.commands`` and exposes
 ``register(subparsers)``; the handler receives the parsed args and the one
-:class:`~cadr.config.Settings` built here (defaults < TOML < CADR_* env < flags).
+:class:`~schemas.settings.Settings` built here (defaults < TOML < CADR_* env < flags).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ It drives ``deploy/kafka/kafka.sh``: ``fetch`` (jars from Maven Central, cached 
 fixture::
 
     with LocalKafka() as kafka:                      # temp data dir, free ports
-        asyncio.run(ensure_topics(kafka.bootstrap))  # "127.0.0.1:PORT"
+        asyncio.run(ensure_topics(kafka.bootstrap, topic_specs()))  # "127.0.0.1:PORT"
 
 Take the broker away and bring it back on the same data dir and port (data intact) with
 :meth:`LocalKafka.stop` + :meth:`LocalKafka.start` (connections are refused meanwhile),

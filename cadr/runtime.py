@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from cadr.children import die_with_parent
-from cadr.config import Settings
 from schemas.errors import CadrError
+from schemas.settings import Settings
+from schemas.topics import edits_spec, topic_specs
 
 __all__ = [
     "ChildProcess",
@@ -67,7 +68,7 @@ def embedded_kafka(settings: Settings, *, port: int = 0) -> Iterator[str]:
 
 
 def ensure_topics_sync(settings: Settings) -> None:
-    """Create the topics of DESIGN.md and ``profile-edits`` (idempotent), and wait for their leaders.
+    """Create the pipeline topics and ``profile-edits`` (idempotent), and wait for their leaders.
 
     The worker's profile-edits agent subscribes to ``profile-edits``: left missing, the subscription would have
     the broker auto-create it with the broker's default partition count (not co-partitioned with the events,
@@ -75,15 +76,10 @@ def ensure_topics_sync(settings: Settings) -> None:
     leaders ignores it until a later metadata refresh.
     """
     from cadr.topics import ensure_topics
-    from streams.profiles import ensure_edits_topic
 
-    async def ensure() -> None:
-        await ensure_topics(
-            settings.kafka.bootstrap, prefix=settings.kafka.topic_prefix, partitions=settings.kafka.partitions
-        )
-        await ensure_edits_topic(settings)
-
-    asyncio.run(ensure())
+    prefix, partitions = settings.kafka.topic_prefix, settings.kafka.partitions
+    specs = [*topic_specs(prefix, partitions), edits_spec(prefix, partitions)]
+    asyncio.run(ensure_topics(settings.kafka.bootstrap, specs))
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

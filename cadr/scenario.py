@@ -21,7 +21,7 @@ from schemas.records import (
     Workload,
 )
 
-__all__ = ["attack_events", "benign_events"]
+__all__ = ["attack_events"]
 
 
 def _exec_id(node: str, pid: int, start: int) -> str:
@@ -199,32 +199,3 @@ def attack_events(
                 pod=pod if e.audit and e.audit.resource == "pods" else "",
             )
     return events
-
-
-def benign_events(*, start_ns: int, count: int, cluster: str = "local", node: str = "node-1") -> list[Event]:
-    """Routine container activity (nginx serving, reading its config): no rule should fire."""
-    out = []
-    wl = Workload(
-        cluster=cluster,
-        namespace="web",
-        pod="web-5c6d-x1",
-        container="nginx",
-        container_id="c" * 64,
-        workload_kind="Deployment",
-        workload_name="web",
-        image="nginx:1.27",
-    )
-    for i in range(count):
-        out.append(
-            Event(
-                event_id=f"benign-{start_ns}-{i}",
-                time=start_ns + i * 1000,
-                node=node,
-                source=Source.EBPF,
-                kind=EventKind.FILE_OPEN,
-                workload=wl,
-                process=Process(pid=7, exe="/usr/sbin/nginx", exec_id="nginx-7", comm="nginx"),
-                file=File(path="/usr/share/nginx/html/index.html"),
-            )
-        )
-    return out

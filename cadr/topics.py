@@ -1,20 +1,9 @@
-"""The cadr Kafka topics (DESIGN.md "Contracts") and an idempotent way to create them.
+"""Creating cadr's Kafka topics: the one function every caller uses.
 
-Logical names are ``raw``, ``events``, ``alerts``, ``incidents``, ``profiles`` and ``dlq``; the full name is
-the configurable prefix (default ``cadr.``) followed by the logical name::
+What a topic is created with (name, partitions, configs) is described in :mod:`schemas.topics`; this module
+only brings it about on a cluster::
 
-    names = topic_names("cadr.")
-    names.incidents          # "cadr.incidents"
-    names["raw"]             # "cadr.raw"
-    TOPIC_NAMES["alerts"]    # "cadr.alerts" (the default prefix)
-
-Every topic uses ``message.timestamp.type=LogAppendTime``: sensors and ``cadr replay`` may publish events
-whose own time is years old (the recorded corpus is from 2018-2020; the publisher stamps records with the
-event time), and with CreateTime the broker would delete such segments at the next retention check and compact
-them with no lag. Event time travels in the payload (``time``).
-
-Producers that write the large topics must raise their own limit too (aiokafka's ``max_request_size``
-defaults to 1 MiB): see :data:`MAX_MESSAGE_BYTES`.
+    await ensure_topics(bootstrap, [*topic_specs(prefix, 4), edits_spec(prefix, 4)])
 """
 
 from __future__ import annotations
@@ -22,220 +11,105 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-__all__ = [
-    "COMPACTED",
-    "DEFAULT_PREFIX",
-    "DEFAULT_RETENTION_MS",
-    "LOGICAL_TOPICS",
-    "MAX_MESSAGE_BYTES",
-    "TOPIC_NAMES",
-    "TopicNames",
-    "TopicSpec",
-    "ensure_topics",
-    "topic_names",
-    "topic_specs",
-]
+from schemas.errors import CadrError
+from schemas.topics import TopicSpec
+
+__all__ = ["TopicError", "ensure_topics"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "cadr."
-LOGICAL_TOPICS: tuple[str, ...] = ("raw", "events", "alerts", "incidents", "profiles", "dlq")
-
-_HOUR_MS = 3_600_000
-_DAY_MS = 24 * _HOUR_MS
-_MIB = 1024 * 1024
-
-#: Retention of the delete-policy topics. ``incidents`` and ``profiles`` are compacted and keep the latest
-#: value per key forever, so they have no entry here.
-DEFAULT_RETENTION_MS: Mapping[str, int] = {
-    "raw": 7 * _DAY_MS,
-    "events": 7 * _DAY_MS,
-    "alerts": 30 * _DAY_MS,
-    "dlq": 30 * _DAY_MS,
-}
-
-#: Largest record batch each topic accepts (topic ``max.message.bytes``). Incidents carry the whole story
-#: (timeline, edges, alerts) and profiles a whole baseline snapshot. ``raw`` is deliberately above the
-#: enrich stage's own record limit (``kafka.max_record_bytes``, 1 MiB): an oversized record must reach enrich
-#: and be dead-lettered with a reason, not be refused by the broker where nobody sees it. The DLQ holds a
-#: rejected raw record base64-encoded (4/3 of its size) plus the reason, so it is twice ``raw``.
-MAX_MESSAGE_BYTES: Mapping[str, int] = {
-    "raw": 8 * _MIB,
-    "events": 2 * _MIB,
-    "alerts": 2 * _MIB,
-    "incidents": 8 * _MIB,
-    "profiles": 8 * _MIB,
-    "dlq": 16 * _MIB,
-}
-
-#: Logical topics with ``cleanup.policy=compact``.
-COMPACTED: frozenset[str] = frozenset({"incidents", "profiles"})
-
-# Compacted topics: the active segment is never compacted, so roll segments often enough for compaction to
-# run; min.compaction.lag.ms keeps every revision of the last day readable (`cadr incidents tail` from a
-# recent offset, the store agent catching up) before older revisions of the same key are cleaned.
-_COMPACT_CONFIGS: Mapping[str, Mapping[str, str]] = {
-    "incidents": {
-        "min.compaction.lag.ms": str(_DAY_MS),
-        "segment.ms": str(6 * _HOUR_MS),
-        "delete.retention.ms": str(_DAY_MS),
-    },
-    "profiles": {
-        "min.compaction.lag.ms": str(_HOUR_MS),
-        "segment.ms": str(6 * _HOUR_MS),
-        "delete.retention.ms": str(_DAY_MS),
-    },
-}
+#: most replicas a topic with ``replication_factor=None`` gets
+_MAX_REPLICAS = 3
 
 
-@dataclass(frozen=True, slots=True)
-class TopicNames(Mapping[str, str]):
-    """Full topic names for one prefix; also a read-only mapping logical name -> full name."""
-
-    prefix: str
-    raw: str
-    events: str
-    alerts: str
-    incidents: str
-    profiles: str
-    dlq: str
-
-    def __getitem__(self, logical: str) -> str:
-        if logical not in LOGICAL_TOPICS:
-            raise KeyError(logical)
-        value: str = getattr(self, logical)
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(LOGICAL_TOPICS)
-
-    def __len__(self) -> int:
-        return len(LOGICAL_TOPICS)
+class TopicError(CadrError):
+    """Topics could not be created or did not become ready."""
 
 
-def topic_names(prefix: str = DEFAULT_PREFIX) -> TopicNames:
-    """Return the full names of the cadr topics under ``prefix`` (e.g. ``"cadr."`` -> ``"cadr.raw"``...)."""
-    return TopicNames(prefix, *(f"{prefix}{logical}" for logical in LOGICAL_TOPICS))
+async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, timeout_s: float = 30.0) -> None:
+    """Create the topics of ``specs`` that are missing, and wait until every partition has a leader.
 
-
-#: The topic names under the default prefix ``cadr.``.
-TOPIC_NAMES: TopicNames = topic_names(DEFAULT_PREFIX)
-
-
-@dataclass(frozen=True, slots=True)
-class TopicSpec:
-    """What :func:`ensure_topics` creates for one topic."""
-
-    logical: str
-    name: str
-    partitions: int
-    replication_factor: int
-    configs: Mapping[str, str] = field(default_factory=dict)
-
-
-def topic_specs(
-    prefix: str = DEFAULT_PREFIX,
-    partitions: int = 4,
-    retention_ms: Mapping[str, int] | None = None,
-    *,
-    replication_factor: int = 1,
-) -> list[TopicSpec]:
-    """Describe the six cadr topics (names, partition counts, topic configs) without touching Kafka.
-
-    ``retention_ms`` overrides :data:`DEFAULT_RETENTION_MS` per logical name; only the delete-policy topics
-    (raw, events, alerts, dlq) have a retention, so naming a compacted or unknown topic is a ``ValueError``.
-    """
-    if partitions < 1:
-        raise ValueError(f"partitions must be >= 1, got {partitions}")
-    overrides = dict(retention_ms or {})
-    unknown = set(overrides) - set(DEFAULT_RETENTION_MS)
-    if unknown:
-        raise ValueError(
-            f"retention_ms names {sorted(unknown)}; only {sorted(DEFAULT_RETENTION_MS)} have a retention "
-            f"({sorted(COMPACTED)} are compacted)"
-        )
-    retention = {**DEFAULT_RETENTION_MS, **overrides}
-    names = topic_names(prefix)
-    specs = []
-    for logical in LOGICAL_TOPICS:
-        configs: dict[str, str] = {
-            "max.message.bytes": str(MAX_MESSAGE_BYTES[logical]),
-            "message.timestamp.type": "LogAppendTime",
-        }
-        if logical in COMPACTED:
-            configs["cleanup.policy"] = "compact"
-            configs.update(_COMPACT_CONFIGS[logical])
-        else:
-            configs["cleanup.policy"] = "delete"
-            configs["retention.ms"] = str(retention[logical])
-        specs.append(TopicSpec(logical, names[logical], partitions, replication_factor, configs))
-    return specs
-
-
-async def ensure_topics(
-    bootstrap: str,
-    prefix: str = DEFAULT_PREFIX,
-    partitions: int = 4,
-    retention_ms: Mapping[str, int] | None = None,
-    *,
-    replication_factor: int = 1,
-    timeout_s: float = 30.0,
-) -> None:
-    """Create the cadr topics under ``prefix`` when missing, and wait until every partition has a leader.
-
-    Idempotent: topics that already exist are left as they are (their configs are not altered). Waiting for
-    leaders matters to Faust: a consumer group formed before its source topic is visible gets no partitions of
-    it until the next metadata refresh (minutes).
+    Idempotent: topics that already exist are left as they are (their configs are not altered), except that
+    a topic co-partitioned with another (:attr:`TopicSpec.copartition_with`) must have that topic's partition
+    count. Waiting for leaders matters to Faust: a consumer group formed before its source topic is visible
+    gets no partitions of it until the next metadata refresh (minutes).
 
     Args:
         bootstrap: ``host:port[,host:port...]`` of the Kafka cluster.
-        prefix: topic name prefix (DESIGN.md default ``cadr.``).
-        partitions: partitions of every topic.
-        retention_ms: per-logical-name overrides of :data:`DEFAULT_RETENTION_MS`.
-        replication_factor: replicas per partition (1 for the local single broker).
+        specs: what to create (:func:`schemas.topics.topic_specs`, :func:`~schemas.topics.edits_spec`,
+            :func:`~schemas.topics.dead_letter_specs`).
         timeout_s: bound on the whole operation.
 
     Raises:
-        aiokafka.errors.KafkaError: a topic could not be created (any error other than "already exists"), or
-            the topics had no leaders within ``timeout_s``.
+        TopicError: a topic could not be created (any error other than "already exists"), a co-partitioned
+            topic exists with another partition count, or the topics had no leaders within ``timeout_s``.
     """
-    specs = topic_specs(prefix, partitions, retention_ms, replication_factor=replication_factor)
+    if not specs:
+        return
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
-    await admin.start()
     try:
+        await admin.start()
         await asyncio.wait_for(_create_and_wait(admin, specs, timeout_s), timeout_s)
     except TimeoutError as exc:
-        raise KafkaError(
-            f"cadr topics under {prefix!r} not ready within {timeout_s:.0f}s on {bootstrap}"
-        ) from exc
+        names = ", ".join(s.name for s in specs)
+        raise TopicError(f"topics {names} not ready within {timeout_s:.0f}s on {bootstrap}") from exc
+    except KafkaError as exc:
+        raise TopicError(f"cannot create topics on {bootstrap}: {exc}") from exc
     finally:
         await admin.close()
 
 
-async def _create_and_wait(admin: AIOKafkaAdminClient, specs: list[TopicSpec], timeout_s: float) -> None:
-    new_topics = [
-        NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=dict(s.configs)) for s in specs
-    ]
-    try:
-        response = await admin.create_topics(new_topics, timeout_ms=int(timeout_s * 1000))
-    except TopicAlreadyExistsError:
-        response = None  # some client versions raise instead of reporting per-topic codes
-    for topic_error in getattr(response, "topic_errors", ()):
-        name, code = topic_error[0], topic_error[1]
-        message = topic_error[2] if len(topic_error) > 2 else None
-        if code == 0:
-            log.info("created topic %s", name)
-        elif code == TopicAlreadyExistsError.errno:
-            log.debug("topic %s already exists", name)
-        else:
-            raise for_code(code)(f"cannot create topic {name}: {message}")
+async def _create_and_wait(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec], timeout_s: float) -> None:
+    # describing a missing topic may have the broker auto-create it (with its default partition count):
+    # list the topics first and describe only those that exist
+    existing = set(await admin.list_topics())
+    partners = {s.copartition_with for s in specs if s.copartition_with}
+    present = sorted((partners | {s.name for s in specs}) & existing)
+    described = await admin.describe_topics(present) if present else []
+    partitions = {
+        t["topic"]: len(t["partitions"]) for t in described if not t["error_code"] and t["partitions"]
+    }
+    replicas = await _replicas(admin, specs, existing)
+    new_topics = []
+    for s in specs:
+        want = partitions.get(s.copartition_with, s.partitions) if s.copartition_with else s.partitions
+        if s.name in existing:
+            if s.copartition_with and s.name in partitions and partitions[s.name] != want:
+                raise TopicError(
+                    f"{s.name} has {partitions[s.name]} partitions but {s.copartition_with} has {want}: "
+                    "records keyed alike would reach different workers; recreate it with the same partition count"
+                )
+            continue
+        factor = s.replication_factor if s.replication_factor is not None else replicas
+        new_topics.append(NewTopic(s.name, want, factor, topic_configs=dict(s.configs)))
+    if new_topics:
+        try:
+            response = await admin.create_topics(new_topics, timeout_ms=int(timeout_s * 1000))
+        except TopicAlreadyExistsError:
+            response = None  # some client versions raise instead of reporting per-topic codes
+        for topic_error in getattr(response, "topic_errors", ()):
+            name, code = topic_error[0], topic_error[1]
+            message = topic_error[2] if len(topic_error) > 2 else None
+            if code == 0:
+                log.info("created topic %s", name)
+            elif code == TopicAlreadyExistsError.errno:
+                log.debug("topic %s already exists", name)  # created by someone else since we listed
+            else:
+                raise for_code(code)(f"cannot create topic {name}: {message}")
     await _wait_for_leaders(admin, [s.name for s in specs])
+
+
+async def _replicas(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec], existing: set[str]) -> int:
+    """Replicas for a missing topic that leaves the choice to the cluster: one per broker, up to three."""
+    if all(s.replication_factor is not None or s.name in existing for s in specs):
+        return 1
+    brokers = len((await admin.describe_cluster())["brokers"])
+    return min(_MAX_REPLICAS, max(1, brokers))
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:

@@ -13,6 +13,7 @@ encodes structs 2.6x faster than orjson via to_builtins. orjson handles untyped 
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any, TypeVar
 
 import msgspec
@@ -23,6 +24,7 @@ from schemas.records import Alert, DeadLetter, Event, Incident, Profile
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
+    "MAX_DLQ_PAYLOAD",
     "dead_letter",
     "decode",
     "decode_alert",
@@ -130,39 +132,69 @@ def decode_profile(data: bytes | str | dict[str, Any]) -> Profile:
     return decode(data, Profile, max_bytes=8 << 20)
 
 
-_DLQ_PAYLOAD_LIMIT = 64 * 1024
+#: the largest payload a dead letter keeps (the rest is cut, and the reason says so): a hostile 32 MiB body
+#: must not become a 32 MiB record on the dead-letter topic
+MAX_DLQ_PAYLOAD = 64 << 10
+#: the longest reason a dead letter keeps (the record's limit)
+_MAX_REASON = 8192
 
 
 def dead_letter(
-    payload: bytes,
+    payload: bytes | str | Any,
     *,
     stage: str,
     reason: str,
-    time_ns: int,
+    time_ns: int | None = None,
     topic: str = "",
     partition: int | None = None,
     offset: int | None = None,
 ) -> DeadLetter:
-    """A :class:`DeadLetter` for refused input; the payload is kept safely (text or base64,
-    truncated to 64 KiB) together with its full size, so the record itself is always valid."""
-    raw = payload[:_DLQ_PAYLOAD_LIMIT]
-    try:
-        text = raw.decode("utf-8")
-        b64 = False
-    except UnicodeDecodeError:
-        text = base64.b64encode(raw).decode("ascii")
-        b64 = True
+    """A :class:`DeadLetter` for refused input: raw bytes, text, or an already-parsed JSON value.
+
+    The payload is kept so an operator can see exactly what was refused, but bounded: it is cut to its
+    first :data:`MAX_DLQ_PAYLOAD` bytes (the reason then says so, and ``payload_bytes`` keeps the full
+    size). It stays text when it is UTF-8 — a cut that splits the last character drops that character's
+    bytes — and is base64-encoded (``payload_b64``) otherwise, so the record itself is always valid.
+    ``time_ns`` defaults to now."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        raw = bytes(payload)
+    elif isinstance(payload, str):
+        raw = payload.encode("utf-8", "surrogatepass")
+    else:
+        try:
+            raw = orjson.dumps(payload)
+        except TypeError:
+            raw = repr(payload).encode()
+    truncated = len(raw) > MAX_DLQ_PAYLOAD
+    cut = raw[:MAX_DLQ_PAYLOAD]
+    text = _utf8(cut, truncated)
+    b64 = text is None
+    if text is None:
+        text = base64.b64encode(cut).decode("ascii")
+    if truncated:
+        reason = f"{reason} (payload cut to the first {MAX_DLQ_PAYLOAD} of {len(raw)} bytes)"
     return DeadLetter(
-        time=time_ns,
+        time=time.time_ns() if time_ns is None else time_ns,
         stage=stage,
-        reason=reason[:8000],
+        reason=reason[:_MAX_REASON],
         topic=topic,
         partition=partition,
         offset=offset,
         payload=text,
         payload_b64=b64,
-        payload_bytes=len(payload),
+        payload_bytes=len(raw),
     )
+
+
+def _utf8(data: bytes, truncated: bool) -> str | None:
+    """``data`` as text, or None when it is not UTF-8. A cut may split the last character: retry
+    without up to three trailing bytes before giving up."""
+    for trim in range(4 if truncated else 1):
+        try:
+            return data[: len(data) - trim].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
 
 
 # -- event batches -------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Every payload on a cadr topic is one of these records, versioned by ``schema_version``.
 They are msgspec Structs: decoded once at the edge (``schemas.codec``), passed around
 typed inside, encoded once on the way out. Field names are the public contract of
-DESIGN.md; add fields with defaults, never rename (bump ``SCHEMA_VERSION`` instead).
+docs/architecture.md ("Contracts"); add fields with defaults, never rename (bump ``SCHEMA_VERSION`` instead).
 
 Every record is declared ``gc=False``: its instances are not tracked by Python's cyclic garbage collector.
 A worker decodes hundreds of thousands of them a second next to a large live heap (profiles, stories), and

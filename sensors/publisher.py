@@ -28,12 +28,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import msgspec
 
-from schemas.codec import join_batch
 from schemas.records import Event
+from sensors.batching import Partitioner, by_partition, fold, send_partitions
 from sensors.spool import Record, Spool
 
 __all__ = ["Publisher", "PublisherError", "encode_event"]
@@ -101,8 +102,7 @@ class Publisher:
         self.group_bytes = group_bytes
         self._factory = producer_factory
         self._producer: Any = None
-        self._partitioner: Any = None
-        self._partition_cache: dict[tuple[bytes | None, int], int] = {}
+        self._partitioner: Partitioner | None = None
         # Spool sequence numbers continue after what an earlier run left behind.
         self._next_seq = (self.spool.last_seq() or 0) + 1
         self._pending: list[Record] = []
@@ -259,21 +259,10 @@ class Publisher:
                 await asyncio.wait_for(producer.stop(), 2.0)
             return False
         self._producer = producer
-        from aiokafka.partitioner import DefaultPartitioner
-
-        self._partitioner = DefaultPartitioner()
+        if self._partitioner is None:
+            self._partitioner = Partitioner()
         self._up = True
         return True
-
-    def _partition(self, key: bytes | None, partitions: list[int]) -> int:
-        n = len(partitions)
-        cached = self._partition_cache.get((key, n))
-        if cached is None:
-            if len(self._partition_cache) > 100_000:
-                self._partition_cache.clear()
-            cached = self._partitioner(key, partitions, partitions)
-            self._partition_cache[(key, n)] = cached
-        return cached
 
     async def _send(self, unit: _Unit) -> list[Record]:
         """Send a unit; returns the records Kafka did not take (in order)."""
@@ -287,39 +276,26 @@ class Publisher:
         except Exception as exc:
             self.last_error = f"metadata: {exc!r}"
             return unit.records
-        by_part: dict[int, list[Record]] = {}
-        for rec in unit.records:
-            by_part.setdefault(self._partition(rec[0], parts), []).append(rec)
-        futures: list[tuple[asyncio.Future[Any], list[Record]]] = []
-        failed: list[Record] = []
-        for part, part_recs in by_part.items():
-            groups = _group_by_key(part_recs, self.group_events, self.group_bytes)
-            batch = producer.create_batch()
-            in_batch: list[Record] = []
-            i = 0
-            try:
-                while i < len(groups):
-                    key, value, ts, members = groups[i]
-                    if batch.append(key=key, value=value, timestamp=ts) is not None:
-                        in_batch.extend(members)
-                        i += 1
-                        continue
-                    if not in_batch:
-                        log.error("record of %d bytes is larger than a Kafka batch; dropped", len(value))
-                        self.dropped_memory += len(members)
-                        i += 1
-                        continue
-                    futures.append((await producer.send_batch(batch, self.topic, partition=part), in_batch))
-                    batch, in_batch = producer.create_batch(), []
-                if in_batch:
-                    futures.append((await producer.send_batch(batch, self.topic, partition=part), in_batch))
-                    in_batch = []
-            except Exception as exc:
-                # this partition's batch and everything after it stay unsent, in order
-                self.last_error = f"send: {exc!r}"
-                failed.extend(in_batch)
-                for group in groups[i:]:
-                    failed.extend(group[3])
+        assert self._partitioner is not None
+        folded = {
+            part: fold(
+                recs,
+                key=_key,
+                value=_value,
+                timestamp=_timestamp,
+                max_events=self.group_events,
+                max_bytes=self.group_bytes,
+                same_key=True,
+            )
+            for part, recs in by_partition(unit.records, _key, parts, self._partitioner).items()
+        }
+        result = await send_partitions(producer, self.topic, folded)
+        for rec in result.too_large:
+            log.error("record of %d bytes is larger than a Kafka batch; dropped", len(rec.value))
+            self.dropped_memory += len(rec.members)
+        if result.error is not None:
+            self.last_error = f"send: {result.error!r}"
+        futures, failed = result.sent, result.unsent
         for fut, recs in futures:
             try:
                 await asyncio.wait_for(fut, self.request_timeout_s * 2)
@@ -440,27 +416,7 @@ class Publisher:
             self.spooled += len(failed)
 
 
-def _group_by_key(
-    records: list[Record], max_events: int, max_bytes: int
-) -> list[tuple[bytes | None, bytes, int, list[Record]]]:
-    """Fold runs of records with the same key into one Kafka record holding a JSON array of
-    their values (cadr's event-batch framing), keeping order. Stream stages pay per Kafka
-    record, so one record per workload per flush instead of one per event is what lets the
-    worker keep up; ``max_events <= 1`` sends every event as its own record."""
-    if max_events <= 1:
-        return [(r[0], r[1], r[2], [r]) for r in records]
-    by_key: dict[bytes | None, list[list[Record]]] = {}
-    order: list[tuple[bytes | None, int]] = []
-    for rec in records:
-        runs = by_key.setdefault(rec[0], [])
-        if runs and len(runs[-1]) < max_events and sum(len(r[1]) for r in runs[-1]) + len(rec[1]) < max_bytes:
-            runs[-1].append(rec)
-        else:
-            runs.append([rec])
-            order.append((rec[0], len(runs) - 1))
-    out = []
-    for key, idx in order:
-        members = by_key[key][idx]
-        value = members[0][1] if len(members) == 1 else join_batch([m[1] for m in members])
-        out.append((key, value, members[0][2], members))
-    return out
+# C-level accessors of a spool Record (key, value, timestamp): the fold runs once per published event
+_key = itemgetter(0)
+_value = itemgetter(1)
+_timestamp = itemgetter(2)

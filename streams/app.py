@@ -1,27 +1,24 @@
-"""The Faust application: topics and the agents of every stage.
+"""The Faust application the stages share: its options, its topics, and the stages' objects.
 
 One stage per module (``streams.enrich``, ``streams.detect``, ``streams.correlate``,
-``streams.store``, ...). Each module exposes ``register(cadr_app)`` which adds its agent(s)
-to the Faust app; the stage logic itself is pure functions tested without Kafka. Topics
-carry raw bytes: records are decoded once, in batches, by the stage that reads them.
+``streams.store``, ...). Each module exposes ``register(cadr_app: CadrApp)`` which adds its
+agent(s) to the Faust app; the stage logic itself is pure functions tested without Kafka.
+:mod:`streams.worker` imports the stages and wires them into an app built here. Topics carry
+raw bytes: records are decoded once, in batches, by the stage that reads them.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
 
-from cadr.config import Settings
+from schemas.settings import Settings
 from streams.recovery import CadrFaustApp, CadrTableManager
 
-__all__ = ["STAGES", "CadrApp", "create_app"]
-
-#: stage modules in data-path order; each has ``register(CadrApp)``
-STAGES = ["enrich", "detect", "profiles", "correlate", "store"]
+__all__ = ["CadrApp", "build_app"]
 
 
 @dataclass
@@ -48,8 +45,8 @@ class CadrApp:
         return self.topics[name]
 
 
-def create_app(settings: Settings, stages: list[str] | None = None, **overrides: Any) -> CadrApp:
-    """Build the Faust app for ``settings`` and register the named stages (default all).
+def build_app(settings: Settings, **overrides: Any) -> CadrApp:
+    """Build the Faust app for ``settings``, with no stage yet (:func:`streams.worker.create_app` adds them).
 
     The web server binds loopback (Faust's default is every interface) and is off
     unless ``worker.web_enabled``; consumer timeouts are short so a restarted worker
@@ -88,8 +85,4 @@ def create_app(settings: Settings, stages: list[str] | None = None, **overrides:
     # Faust creates its worker folder without parents
     Path(options["datadir"]).parent.mkdir(parents=True, exist_ok=True)
     app = CadrFaustApp(settings.worker.app_id, **options)
-    cadr_app = CadrApp(settings=settings, app=app)
-    for name in settings.worker.agents or stages or STAGES:
-        module = importlib.import_module(f"streams.{name}")
-        module.register(cadr_app)
-    return cadr_app
+    return CadrApp(settings=settings, app=app)

@@ -23,10 +23,10 @@ import logging
 import time
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from cadr.config import CorrelateSettings
 from schemas.records import (
     Alert,
     AlertRef,
@@ -39,7 +39,11 @@ from schemas.records import (
     TimelineEntry,
     Workload,
 )
+from schemas.settings import CorrelateSettings
 from streams import story
+
+if TYPE_CHECKING:
+    from streams.app import CadrApp
 
 __all__ = ["Correlator", "Link", "StoryState", "register"]
 
@@ -486,14 +490,12 @@ class Correlator:
         return list(latest.values())
 
 
-def register(cadr_app: object) -> None:
+def register(cadr_app: CadrApp) -> None:
     """Add the correlate agent: alerts → incidents, stories and links in Faust tables."""
     from schemas.codec import decode, decode_alert, encode
     from schemas.errors import RecordError
-    from streams.app import CadrApp
     from streams.tables import RecordTable
 
-    assert isinstance(cadr_app, CadrApp)
     settings = cadr_app.settings
     app = cadr_app.app
     parts = settings.kafka.partitions

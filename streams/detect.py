@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from cadr.config import DetectSettings
 from schemas.records import Actor, Alert, Event, EventKind, Profile
+from schemas.settings import DetectSettings
 from streams.baseline import Baselines
+from streams.lru import Lru
 from streams.rules import EvalContext, Match, RuleSet, load_rules
+
+if TYPE_CHECKING:
+    from streams.app import CadrApp
 
 __all__ = ["DetectState", "Detector", "actors_of", "register", "scan_events"]
 
@@ -28,26 +33,14 @@ _ANCESTRY_DEPTH = 8
 _MAX_REPEATS = 256
 
 
-class _Lru(OrderedDict[str, object]):
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def put(self, key: str, value: object) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        if len(self) > self.limit:
-            self.popitem(last=False)
-
-
 class DetectState:
     """Short-lived per-node facts: the process tree (exec_id → exec event) and files written
     per container. Bounded LRUs: enough to explain an alert, never a memory leak."""
 
     def __init__(self, max_procs: int = 200_000, max_written: int = 100_000, max_keys: int = 50_000) -> None:
-        self.procs = _Lru(max_procs)
-        self.written_files = _Lru(max_written)
-        self.recent = _Lru(max_keys)
+        self.procs: Lru[str, object] = Lru(max_procs)
+        self.written_files: Lru[str, object] = Lru(max_written)
+        self.recent: Lru[str, object] = Lru(max_keys)
 
     def observe(self, event: Event) -> None:
         p = event.process
@@ -131,7 +124,7 @@ class Detector:
             learning_window_ns=int(self.settings.learning_window_s * 1e9),
             window_label=self.settings.learning_window_label,
         )
-        self._open: OrderedDict[str, _Open] = OrderedDict()
+        self._open: Lru[str, _Open] = Lru(100_000)
         self._cooldown_ns = int(self.settings.cooldown_s * 1e9)
         self.counters = {"events": 0, "matches": 0, "alerts": 0, "suppressed": 0}
 
@@ -173,10 +166,7 @@ class Detector:
             self.counters["suppressed"] += 1
             return None
         alert = self._new_alert(match, event)
-        self._open[key] = _Open(alert=alert, emitted_count=1)
-        self._open.move_to_end(key)
-        if len(self._open) > 100_000:
-            self._open.popitem(last=False)
+        self._open.put(key, _Open(alert=alert, emitted_count=1))
         self.counters["alerts"] += 1
         return alert
 
@@ -239,14 +229,12 @@ def scan_events(
     return detector.process_many(sorted(events, key=lambda e: e.time))
 
 
-def register(cadr_app: object) -> None:
+def register(cadr_app: CadrApp) -> None:
     """Add the detect agent: events → alerts, with profiles in a Faust table."""
     from schemas.codec import decode_events, encode
     from schemas.errors import RecordError
-    from streams.app import CadrApp
     from streams.profiles import profile_table
 
-    assert isinstance(cadr_app, CadrApp)
     settings = cadr_app.settings
     app = cadr_app.app
     # profiles live on the partition of their workload's events (see streams.profiles)

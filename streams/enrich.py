@@ -13,11 +13,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from schemas.codec import dead_letter, decode_event, decode_events, encode, is_batch, join_batch, split_batch
 from schemas.errors import RecordError
 from schemas.records import Event, Workload
+
+if TYPE_CHECKING:
+    from streams.app import CadrApp
 
 __all__ = ["EnrichResult", "Enricher", "WorkloadLookup", "register", "workload_batches"]
 
@@ -176,11 +179,8 @@ class Enricher:
         self.counters["dead"] += 1
 
 
-def register(cadr_app: object) -> None:
+def register(cadr_app: CadrApp) -> None:
     """Add the enrich agent: raw → events (+ dlq), batched."""
-    from streams.app import CadrApp
-
-    assert isinstance(cadr_app, CadrApp)
     settings = cadr_app.settings
     enricher = Enricher(cluster=settings.cluster, max_record_bytes=settings.kafka.max_record_bytes)
     cadr_app.stages["enrich"] = enricher

@@ -3,7 +3,8 @@
 ``cadr profiles allow/import/relearn`` publish a :class:`~schemas.records.ProfileEdit` keyed by
 the workload key — the key the workload's events carry on ``cadr.events`` — to a topic with the
 same partition count. Faust co-partitions topics of equal partition count read by the same
-workers, so an edit reaches the worker that owns the workload's events and its profiles.
+workers, so an edit reaches the worker that owns the workload's events and its profiles. The
+topic is described by :func:`schemas.topics.edits_spec` and created by the CLI.
 
 The agent applies an edit through the detect stage's own :class:`~streams.baseline.Baselines`
 (``cadr_app.stages["detect"].baselines``), not through a second view of the Faust table: the
@@ -21,24 +22,25 @@ output (reading it back would loop).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.partitioner import murmur2
 
-from cadr.config import Settings
 from schemas.codec import decode, decode_profile, encode
 from schemas.errors import CadrError, RecordError
 from schemas.records import Profile, ProfileEdit
+from schemas.settings import Settings
+from schemas.topics import EDITS
+
+if TYPE_CHECKING:
+    from streams.app import CadrApp
 
 __all__ = [
-    "EDITS",
     "ProfileChannelError",
     "decode_edit",
-    "ensure_edits_topic",
     "profile_table",
     "publish_edits",
     "read_profiles",
@@ -47,10 +49,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: logical topic name of user edits (``<prefix>profile-edits``)
-EDITS = "profile-edits"
-_EDITS_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 
 class ProfileChannelError(CadrError):
@@ -107,11 +105,9 @@ def profile_table(cadr_app: Any, name: str = "cadr-profiles") -> Any:
     return RecordTable(table, decode_profile)
 
 
-def register(cadr_app: Any) -> None:
+def register(cadr_app: CadrApp) -> None:
     """Add the agent applying profile edits (register after the detect stage)."""
-    from streams.app import CadrApp
 
-    assert isinstance(cadr_app, CadrApp)
     detector = cadr_app.stages.get("detect")
     if detector is None:
         raise RuntimeError("the profiles stage applies edits through the detect stage: register detect first")
@@ -146,65 +142,13 @@ def register(cadr_app: Any) -> None:
 # --- client side (the CLI) -----------------------------------------------------------------
 
 
-async def ensure_edits_topic(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create ``<prefix>profile-edits`` when missing, with the events topic's partition count
-    (co-partitioning is what brings an edit to the right worker). Raises
-    :class:`ProfileChannelError` when it exists with another partition count."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-
-    name = settings.topic(EDITS)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=int(timeout_s * 1000)
-    )
-    try:
-        await admin.start()
-        # describing a missing topic would have the broker auto-create it (1 partition): look
-        # at the topic list first, describe only what exists
-        existing = set(await admin.list_topics())
-        events = settings.topic("events")
-        described = await admin.describe_topics([t for t in (name, events) if t in existing])
-        parts = {
-            t["topic"]: len(t["partitions"]) for t in described if not t["error_code"] and t["partitions"]
-        }
-        want = parts.get(events, settings.kafka.partitions)
-        if name in parts:
-            if parts[name] != want:
-                raise ProfileChannelError(
-                    f"{name} has {parts[name]} partitions but {events} has {want}: "
-                    "edits would reach the wrong worker; recreate it with the same partition count"
-                )
-            return
-        brokers = len((await admin.describe_cluster())["brokers"])
-        topic = NewTopic(
-            name,
-            want,
-            min(3, max(1, brokers)),
-            topic_configs={"cleanup.policy": "delete", "retention.ms": str(_EDITS_RETENTION_MS)},
-        )
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([topic])
-        # a consumer group formed before the new topic has leaders ignores it ("Ignoring
-        # missing topic") until a later metadata refresh: wait until every partition has one
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            (info,) = await admin.describe_topics([name])
-            ready = info["partitions"] and all(p["leader"] >= 0 for p in info["partitions"])
-            if (not info["error_code"] and ready) or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.1)
-    except KafkaError as exc:
-        raise ProfileChannelError(f"cannot prepare {name} on {settings.kafka.bootstrap}: {exc}") from exc
-    finally:
-        await admin.close()
-
-
 async def publish_edits(settings: Settings, edits: Iterable[ProfileEdit], timeout_s: float = 30.0) -> int:
-    """Publish edits keyed by workload key (waits for every acknowledgement)."""
+    """Publish edits keyed by workload key (waits for every acknowledgement). The topic must exist
+    (``cadr.topics.ensure_topics`` with :func:`schemas.topics.edits_spec`): left to the broker's
+    auto-creation it would not be co-partitioned with the events."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    await ensure_edits_topic(settings, timeout_s)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap,
         acks="all",

@@ -19,7 +19,7 @@ event never reaches ClickHouse (faust-streaming issue #596 describes the same ra
 
 :class:`SeekFirstRecovery` keeps the stream partitions paused until the seek is done and the queues are
 cleared, so nothing read after the seek can be discarded. :class:`CadrTableManager` installs it (the Faust
-``TableManager`` setting, see :func:`streams.app.create_app`).
+``TableManager`` setting, see :func:`streams.app.build_app`).
 
 A second hole on the same path: Faust hands its consumer thread the *live* set of active partitions for a fetch
 that may wait up to a second, and aiokafka reads an empty partition set as "every partition". When the end of

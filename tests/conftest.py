@@ -15,7 +15,7 @@ from cadr.kafka_local import LocalKafka
 # Started on first use on a free port in a session tmp dir; nothing is skipped: when Java, Maven or the broker
 # fail, the tests that use it error with the broker's log tail (see cadr.kafka_local.KafkaStartError).
 # Tests share the broker, so each one names its topics, consumer groups and Faust app ids with `topic_prefix`.
-# A test that stops, kills or pauses Kafka starts its own LocalKafka instead (see tests/test_kafka_local.py).
+# A test that stops, kills or pauses Kafka starts its own LocalKafka instead (see tests/cadr/test_kafka_local.py).
 # ------------------------------------------------------------------------------------------------------------
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from cadr.config import Settings
 from cadr.runtime import ChildProcess, settings_env, spawn_cadr
 from schemas.codec import encode
 from schemas.records import Event
+from schemas.settings import Settings
 
 __all__ = ["Pipeline", "consume_until", "make_settings", "publish", "run_query"]
 

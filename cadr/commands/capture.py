@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from cadr.config import Settings
 from schemas.errors import CadrError
+from schemas.settings import Settings
 
 if TYPE_CHECKING:
     from streams.forensics.capture import Selection

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from cadr.config import Settings
 from schemas.errors import CadrError
+from schemas.settings import Settings
 
 __all__ = ["register", "run_demo"]
 

@@ -12,14 +12,17 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 from typing import Any
 
-from cadr.config import Settings
 from schemas.errors import CadrError
+from schemas.settings import Settings
 
 __all__ = ["register", "run_forward"]
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
@@ -58,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _handle(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.forward.config import parse_forward_config
+    from streams.forward.parse import parse_forward_config
 
     config = parse_forward_config(settings.forward, topic_prefix=settings.kafka.topic_prefix)
     if args.metrics_port is not None:
@@ -118,9 +121,16 @@ def _test(settings: Settings, dest: Any, *, as_json: bool) -> int:
 
 async def run_forward(settings: Settings, config: Any, *, only: list[str] | None = None) -> None:
     """Run the forwarder until SIGINT/SIGTERM (work in flight is simply not committed)."""
+    from cadr.topics import TopicError, ensure_topics
     from streams.forward.consumer import Forwarder
 
     forwarder = Forwarder(settings, config, only=only or ())
+    try:
+        await ensure_topics(settings.kafka.bootstrap, forwarder.dead_letter_specs())
+    except TopicError as exc:
+        # best effort: a cluster that forbids creating topics may auto-create them on the first write, or an
+        # operator creates them; a dead letter that cannot be written is retried until it can
+        log.warning("%s", exc)
     names = ", ".join(r.cfg.name for r in forwarder.runners)
     print(f"cadr: forwarding {settings.topic('incidents')} to {names}", file=sys.stderr, flush=True)
     task = asyncio.create_task(forwarder.run())

@@ -13,9 +13,9 @@ import time
 from collections import Counter
 
 from cadr.commands.scan import _print_stories, _print_text
-from cadr.config import Settings
 from schemas.codec import encode
 from schemas.errors import CadrError
+from schemas.settings import Settings
 from streams.rules import Rule, RuleSet, load_rules
 
 __all__ = ["register", "resolve_rule"]

@@ -9,8 +9,8 @@ import sys
 import uuid
 from typing import TextIO
 
-from cadr.config import Settings
 from schemas.errors import CadrError
+from schemas.settings import Settings
 
 __all__ = ["register", "tail_incidents"]
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import orjson
 
-from cadr.config import Settings
 from schemas.codec import to_dict
 from schemas.errors import CadrError
 from schemas.records import Profile, ProfileEdit, ProfileEditOp
+from schemas.settings import Settings
 
 __all__ = ["allow_edit", "register", "resolve_workload", "workload_matcher"]
 
@@ -291,10 +291,18 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _publish(settings: Settings, edits: list[ProfileEdit], timeout: float) -> int:
+    from cadr.topics import ensure_topics
+    from schemas.topics import edits_spec
     from streams.profiles import publish_edits, run
 
     _need_kafka(settings)
-    return int(run(publish_edits(settings, edits, timeout)))
+
+    async def publish() -> int:
+        spec = edits_spec(settings.kafka.topic_prefix, settings.kafka.partitions)
+        await ensure_topics(settings.kafka.bootstrap, [spec], timeout_s=timeout)
+        return await publish_edits(settings, edits, timeout)
+
+    return int(run(publish()))
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cadr.config import Settings
 from schemas.errors import CadrError
+from schemas.settings import Settings
 
 __all__ = ["FORMATS", "register", "run_query"]
 

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from cadr.commands.capture import add_selection_args, selection_from_args
-from cadr.config import Settings
 from schemas.errors import CadrError
+from schemas.settings import Settings
 
 __all__ = ["progress_bar", "register"]
 

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from cadr.config import Settings
 from schemas.errors import CadrError
+from schemas.settings import Settings
+from streams.rule_cases import CaseResult, run_cases
 from streams.rules import Maturity, Rule, RuleSet, load_rules
-from streams.rules.cases import CaseResult, run_cases
 
 __all__ = ["DEFAULT_DOCS", "register", "render_docs", "render_results", "rule_summary"]
 

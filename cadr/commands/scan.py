@@ -21,10 +21,10 @@ from typing import Any, TextIO
 
 import orjson
 
-from cadr.config import Settings
 from schemas.codec import decode_event, encode
 from schemas.errors import CadrError, RecordError
 from schemas.records import Alert, Event, Severity
+from schemas.settings import Settings
 
 __all__ = ["read_events", "register"]
 

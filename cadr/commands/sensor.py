@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cadr.config import Settings
+from schemas.settings import Settings
 
 __all__ = ["register"]
 
@@ -47,17 +49,7 @@ def _register_ebpf(sub: Any) -> None:
             "Kafka (spooling to disk while Kafka is unreachable) or write JSON lines."
         ),
     )
-    p.add_argument(
-        "--kafka",
-        dest="sensor_kafka",
-        metavar="BOOTSTRAP",
-        help="Kafka bootstrap servers (default: the global --kafka / kafka.bootstrap setting)",
-    )
-    p.add_argument(
-        "--output",
-        metavar="FILE|-",
-        help="write JSON lines to FILE (- = stdout) instead of publishing to Kafka (default: Kafka)",
-    )
+    _add_destination(p)
     p.add_argument("--topic", help="topic to publish to (default: <topic prefix>raw, i.e. cadr.raw)")
     p.add_argument(
         "--spool-dir",
@@ -87,17 +79,8 @@ def _register_ebpf(sub: Any) -> None:
         default="auto",
         help="cgroup v1 controller used to find containers on v1/hybrid hosts; '' to disable (default: auto)",
     )
-    p.add_argument(
-        "--kube-api",
-        metavar="URL",
-        help="API server whose pods of this node name the workloads (default: off: container ids only)",
-    )
-    p.add_argument("--kube-token-file", help="bearer token file for --kube-api (default: none)")
-    p.add_argument("--kube-ca", help="CA file for --kube-api (default: system trust)")
-    p.add_argument(
-        "--in-cluster",
-        action="store_true",
-        help="pod metadata from the in-cluster API with this pod's service account (default: off)",
+    _add_kube_access(
+        p, "API server whose pods of this node name the workloads (default: off: container ids only)"
     )
     p.add_argument(
         "--host-cgroup",
@@ -149,27 +132,9 @@ def _run_ebpf(args: argparse.Namespace, settings: Settings) -> int:
         metrics=args.metrics,
         workloads_file=args.workloads,
     )
+    opts.k8s_api, opts.k8s_token_file, opts.k8s_ca_file = _kube_access(args)
 
-    opts.k8s_api, opts.k8s_token_file, opts.k8s_ca_file = (
-        args.kube_api or "",
-        args.kube_token_file or "",
-        args.kube_ca or "",
-    )
-    if args.in_cluster:  # the same defaults as `cadr sensor audit --in-cluster`
-        from sensors.k8s.watcher import IN_CLUSTER_CA, IN_CLUSTER_TOKEN
-
-        opts.k8s_api = opts.k8s_api or "https://kubernetes.default.svc"
-        opts.k8s_token_file = opts.k8s_token_file or IN_CLUSTER_TOKEN
-        opts.k8s_ca_file = opts.k8s_ca_file or IN_CLUSTER_CA
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_ebpf_sensor(settings, opts, stop)
-
-    asyncio.run(main())
+    _run_until_signalled(lambda stop: run_ebpf_sensor(settings, opts, stop))
     return 0
 
 
@@ -190,17 +155,7 @@ def _register_audit(sub: Any) -> None:
             "under <data dir>/audit-tls."
         ),
     )
-    p.add_argument(
-        "--kafka",
-        dest="sensor_kafka",
-        metavar="BOOTSTRAP",
-        help="Kafka bootstrap servers (default: the global --kafka / kafka.bootstrap setting)",
-    )
-    p.add_argument(
-        "--output",
-        metavar="FILE|-",
-        help="write JSON lines to FILE (- = stdout) instead of Kafka (default: Kafka)",
-    )
+    _add_destination(p)
     p.add_argument(
         "--listen",
         metavar="HOST:PORT",
@@ -240,18 +195,7 @@ def _register_audit(sub: Any) -> None:
         action="store_true",
         help="start a file never seen before at its end instead of its beginning (default: beginning)",
     )
-    p.add_argument(
-        "--kube-api",
-        metavar="URL",
-        help="API server URL for pod metadata (owner chain, service account, IPs) (default: off)",
-    )
-    p.add_argument("--kube-token-file", help="bearer token file for --kube-api (default: none)")
-    p.add_argument("--kube-ca", help="CA file for --kube-api (default: system trust)")
-    p.add_argument(
-        "--in-cluster",
-        action="store_true",
-        help="pod metadata from the in-cluster API with this pod's service account (default: off)",
-    )
+    _add_kube_access(p, "API server URL for pod metadata (owner chain, service account, IPs) (default: off)")
     p.add_argument("--node", help="node name stamped on events (default: node setting / hostname)")
     p.add_argument(
         "--duration", type=float, help="stop after this many seconds (default: run until signalled)"
@@ -260,8 +204,8 @@ def _register_audit(sub: Any) -> None:
 
 
 def _run_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from cadr.runtime import relax_cyclic_gc
     from sensors.audit.service import AuditRunOptions, run_audit_sensor
-    from sensors.k8s.watcher import IN_CLUSTER_CA, IN_CLUSTER_TOKEN
 
     audit = settings.audit
     if args.listen:
@@ -279,10 +223,7 @@ def _run_audit(args: argparse.Namespace, settings: Settings) -> int:
             setattr(audit, name, value)
     if args.node:
         settings.node = args.node
-    kube_api, kube_token, kube_ca = args.kube_api or "", args.kube_token_file or "", args.kube_ca or ""
-    if args.in_cluster:
-        kube_api = kube_api or "https://kubernetes.default.svc"
-        kube_token, kube_ca = kube_token or IN_CLUSTER_TOKEN, kube_ca or IN_CLUSTER_CA
+    kube_api, kube_token, kube_ca = _kube_access(args)
     opts = AuditRunOptions(
         webhook=not args.no_webhook,
         files=list(args.file or audit.log_files),
@@ -295,14 +236,63 @@ def _run_audit(args: argparse.Namespace, settings: Settings) -> int:
         kube_token_file=kube_token,
         kube_ca=kube_ca,
         duration_s=args.duration,
+        tune_gc=functools.partial(relax_cyclic_gc, freeze=True),
     )
+
+    _run_until_signalled(lambda stop: run_audit_sensor(settings, opts, stop))
+    return 0
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+def _add_destination(p: argparse.ArgumentParser) -> None:
+    """Where a sensor's events go: Kafka (``--kafka``, else the global one) or JSON lines (``--output``)."""
+    p.add_argument(
+        "--kafka",
+        dest="sensor_kafka",
+        metavar="BOOTSTRAP",
+        help="Kafka bootstrap servers (default: the global --kafka / kafka.bootstrap setting)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="FILE|-",
+        help="write JSON lines to FILE (- = stdout) instead of publishing to Kafka (default: Kafka)",
+    )
+
+
+def _run_until_signalled(run: Callable[[asyncio.Event], Awaitable[object]]) -> None:
+    """Run a sensor until it returns, or until SIGINT/SIGTERM sets the event it watches."""
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_audit_sensor(settings, opts, stop)
+        await run(stop)
 
     asyncio.run(main())
-    return 0
+
+
+def _add_kube_access(p: argparse.ArgumentParser, api_help: str) -> None:
+    """The flags that give a sensor the Kubernetes API (pod metadata), the same for every sensor."""
+    p.add_argument("--kube-api", metavar="URL", help=api_help)
+    p.add_argument("--kube-token-file", help="bearer token file for --kube-api (default: none)")
+    p.add_argument("--kube-ca", help="CA file for --kube-api (default: system trust)")
+    p.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="pod metadata from the in-cluster API with this pod's service account (default: off)",
+    )
+
+
+def _kube_access(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(API URL, token file, CA file) from the flags of :func:`_add_kube_access`; ``--in-cluster`` fills
+    what is not given with the pod's own service account."""
+    api, token, ca = args.kube_api or "", args.kube_token_file or "", args.kube_ca or ""
+    if args.in_cluster:
+        from sensors.k8s.watcher import IN_CLUSTER_CA, IN_CLUSTER_TOKEN
+
+        api = api or "https://kubernetes.default.svc"
+        token, ca = token or IN_CLUSTER_TOKEN, ca or IN_CLUSTER_CA
+    return api, token, ca

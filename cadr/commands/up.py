@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from cadr.config import Settings
+from schemas.settings import Settings
 
 __all__ = ["ebpf_available", "register"]
 

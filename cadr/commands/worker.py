@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from cadr.config import Settings
+from schemas.settings import Settings
 
 __all__ = ["register", "run_worker"]
 
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--agents",
-        help="comma-separated stages to run (default: all: enrich,detect,correlate,store)",
+        help="comma-separated stages to run (default: all: enrich,detect,profiles,correlate,store)",
     )
     p.add_argument(
         "--web", action="store_true", help="enable Faust's web server (binds 127.0.0.1:6066 by default)"
@@ -35,7 +35,7 @@ def run_worker(settings: Settings) -> int:
     import faust
 
     from cadr.runtime import ensure_topics_sync, relax_cyclic_gc
-    from streams.app import create_app
+    from streams.worker import create_app
 
     relax_cyclic_gc()
     ensure_topics_sync(settings)

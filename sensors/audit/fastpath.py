@@ -5,7 +5,7 @@ them inside ``responseObject`` and ``requestObject`` trees the rules never read.
 structs below validates types and sizes in C, keeps those two trees as raw bytes (``msgspec.Raw``) and
 parses only the ones a rule needs (the request body of pods, roles, bindings ...; the response only to
 name a pod created from a ``generateName``). It produces exactly what :func:`sensors.audit.normalize.normalize`
-produces (tests/sensors/test_audit_normalize.py checks the whole corpus both ways).
+produces (tests/sensors/audit/test_normalize.py checks the whole corpus both ways).
 
 Anything the structs reject (a wrong type, an over-long string, a non-object item) raises
 ``msgspec.ValidationError`` for the whole body; the caller then falls back to the dict path, which

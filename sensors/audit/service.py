@@ -1,6 +1,6 @@
 """``cadr sensor audit``: run the webhook and/or file tailers, with optional pod metadata from the API.
 
-One :class:`AuditRunOptions` (built by the CLI from flags and :class:`~cadr.config.Settings`) says what
+One :class:`AuditRunOptions` (built by the CLI from flags and :class:`~schemas.settings.Settings`) says what
 to run; :func:`run_audit_sensor` starts it and returns when ``stop`` is set. Publishing goes to Kafka
 (``cadr.raw``/``cadr.dlq``) or, with ``output``, to JSON lines for a quick look without Kafka.
 """
@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from cadr.config import AuditSettings, Settings
-from cadr.runtime import relax_cyclic_gc
+from schemas.settings import AuditSettings, Settings
 from sensors.audit.credentials import ensure_local_credentials
 from sensors.audit.errors import AuditError
-from sensors.audit.sink import KafkaSink, Record, Sink
+from sensors.audit.sink import KafkaSink, Sink
 from sensors.audit.tailer import AuditLogTailer
 from sensors.audit.webhook import AuditWebhook
+from sensors.jsonlines import JsonLinesSink
 
-__all__ = ["AuditRunOptions", "JsonLinesSink", "run_audit_sensor"]
+__all__ = ["AuditRunOptions", "run_audit_sensor"]
 
 log = logging.getLogger(__name__)
 
@@ -42,32 +41,9 @@ class AuditRunOptions:
     kube_ca: str = ""
     duration_s: float | None = None
     publish_timeout_s: float = 30.0
-
-
-class JsonLinesSink:
-    """Write accepted events (and dead letters, marked) as JSON lines: for looking, not for production."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self._fh: IO[bytes] | None = None
-
-    async def start(self) -> None:
-        self._fh = sys.stdout.buffer if self.target == "-" else open(self.target, "ab")  # noqa: SIM115
-
-    async def stop(self) -> None:
-        if self._fh is not None and self._fh is not sys.stdout.buffer:
-            self._fh.close()
-        self._fh = None
-
-    async def publish(self, events: Sequence[Record], dead: Sequence[Record]) -> None:
-        if self._fh is None:
-            await self.start()
-        assert self._fh is not None
-        for _, value in events:
-            self._fh.write(value + b"\n")
-        for _, value in dead:
-            self._fh.write(b'{"dead_letter":' + value + b"}\n")
-        self._fh.flush()
+    #: called once everything is up: the CLI tunes the cyclic garbage collector of the process here (the
+    #: sensor does not decide that for a process it may be embedded in)
+    tune_gc: Callable[[], None] | None = None
 
 
 def _sink(settings: Settings, opts: AuditRunOptions) -> Sink:
@@ -155,7 +131,8 @@ async def run_audit_sensor(settings: Settings, opts: AuditRunOptions, stop: asyn
             )
             tasks.append(asyncio.create_task(tailer.run(stop)))
         # once everything is up (a configuration error leaves the caller's process as it was)
-        relax_cyclic_gc(freeze=True)
+        if opts.tune_gc is not None:
+            opts.tune_gc()
         if opts.duration_s is not None:
             try:
                 await asyncio.wait_for(stop.wait(), opts.duration_s)

@@ -1,7 +1,7 @@
 """Where the audit intake puts what it accepted: Kafka (``cadr.raw`` / ``cadr.dlq``), or memory in tests.
 
 :class:`KafkaSink` publishes a whole webhook batch as one Kafka record batch per partition
-(``create_batch``/``send_batch``) with ``acks=all`` and returns only when the broker acknowledged
+(:mod:`sensors.batching`, as the eBPF sensor's publisher does) with ``acks=all`` and returns only when the broker acknowledged
 every record; anything else raises :class:`PublishError`, so the webhook answers 5xx and the
 API server retries. There is no local spool on purpose: the API server's own retry buffer is the
 spool, and a 200 must mean "stored in Kafka".
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Protocol
 
-from schemas.codec import join_batch
 from sensors.audit.errors import PublishError
+from sensors.batching import Partitioner, by_partition, fold, send_partitions
 
 __all__ = ["KafkaSink", "MemorySink", "Record", "Sink"]
 
@@ -83,6 +83,7 @@ class KafkaSink:
         self._producer: object | None = None
         self._lock = asyncio.Lock()
         self._partitions: dict[str, list[int]] = {}
+        self._partitioner = Partitioner()
 
     async def start(self) -> None:
         """Connect now; a failure is logged, and the next publish tries again (and fails with 5xx)."""
@@ -151,52 +152,41 @@ class KafkaSink:
                 raise PublishError(f"topic {topic} has no partitions (does it exist?)")
             partitions = sorted(found)
             self._partitions[topic] = partitions
-        by_partition: dict[int, list[Record]] = {}
-        n = len(partitions)
-        for rec in records:
-            # The key (audit id) picks the partition, so every stage of one request stays in order.
-            by_partition.setdefault(partitions[zlib.crc32(rec[0]) % n], []).append(rec)
-        futures = []
-        for partition, part_recs in by_partition.items():
-            # events of one partition travel as JSON arrays (cadr's event-batch framing on
-            # cadr.raw): the worker pays per Kafka record, not per event
-            recs = _fold(part_recs) if topic == self.raw_topic else list(part_recs)
-            batch = producer.create_batch()  # type: ignore[attr-defined]
-            for key, value in recs:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))  # type: ignore[attr-defined]
-                    batch = producer.create_batch()  # type: ignore[attr-defined]
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise PublishError(f"one record of {len(value)} bytes does not fit a Kafka batch")
-            if batch.record_count():
-                futures.append(await producer.send_batch(batch, topic, partition=partition))  # type: ignore[attr-defined]
-        return futures
+        # The key (audit id) picks the partition (Kafka's default partitioner), so every stage of one request
+        # stays in order. Events of one partition travel as JSON arrays (cadr's event-batch framing on
+        # cadr.raw): the worker pays per Kafka record, not per event; dead letters travel one by one.
+        folded = {
+            partition: fold(
+                part_recs,
+                key=_key,
+                value=_value,
+                timestamp=_no_timestamp,
+                max_events=_FOLD_EVENTS if topic == self.raw_topic else 1,
+                max_bytes=_FOLD_BYTES,
+                same_key=False,
+            )
+            for partition, part_recs in by_partition(records, _key, partitions, self._partitioner).items()
+        }
+        result = await send_partitions(producer, topic, folded)
+        if result.too_large:
+            size = len(result.too_large[0].value)
+            raise PublishError(f"one record of {size} bytes does not fit a Kafka batch")
+        if result.error is not None:
+            raise PublishError(f"Kafka did not take the batch: {result.error!r}") from result.error
+        return [future for future, _ in result.sent]
 
 
+#: a folded record on cadr.raw holds at most this many events ...
 _FOLD_EVENTS = 256
+#: ... and this many bytes of them
 _FOLD_BYTES = 512 << 10
 
-
-def _fold(records: Sequence[Record]) -> list[Record]:
-    """Runs of up to 256 events (512 KiB) become one record holding a JSON array, in order."""
-    out: list[Record] = []
-    run: list[Record] = []
-    size = 0
-    for rec in records:
-        if run and (len(run) >= _FOLD_EVENTS or size + len(rec[1]) > _FOLD_BYTES):
-            out.append(_joined(run))
-            run, size = [], 0
-        run.append(rec)
-        size += len(rec[1])
-    if run:
-        out.append(_joined(run))
-    return out
+_key = itemgetter(0)
+_value = itemgetter(1)
 
 
-def _joined(run: list[Record]) -> Record:
-    if len(run) == 1:
-        return run[0]
-    return (run[0][0], join_batch([v for _, v in run]))
+def _no_timestamp(rec: Record) -> None:
+    return None
 
 
 async def _quiet_stop(producer: object) -> None:

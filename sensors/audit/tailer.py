@@ -32,8 +32,7 @@ from typing import Any
 
 import orjson
 
-from schemas.codec import encode
-from sensors.audit.deadletter import dead_letter
+from schemas.codec import dead_letter, encode
 from sensors.audit.envelope import unwrap
 from sensors.audit.errors import AuditError, AuditFormatError, PublishError
 from sensors.audit.normalize import PodLookup, normalize
@@ -303,7 +302,7 @@ class AuditLogTailer:
                     reason = (
                         f"line at offset {offset + start} of {f.path} is over {self.max_line_bytes} bytes"
                     )
-                    dead.append((b"", encode(dead_letter(STAGE, reason, line))))
+                    dead.append((b"", encode(dead_letter(line, stage=STAGE, reason=reason))))
                 elif line.strip():
                     lines.append(line)
                 start = nl + 1
@@ -322,7 +321,7 @@ class AuditLogTailer:
             if len(window) > self.max_line_bytes:
                 if not discarding:
                     reason = f"line at offset {offset} of {f.path} is over {self.max_line_bytes} bytes"
-                    dead.append((b"", encode(dead_letter(STAGE, reason, window))))
+                    dead.append((b"", encode(dead_letter(window, stage=STAGE, reason=reason))))
                     discarding = True
                 offset += len(window)
                 continue
@@ -340,7 +339,7 @@ class AuditLogTailer:
             try:
                 items = unwrap(orjson.loads(line))
             except (orjson.JSONDecodeError, AuditFormatError) as exc:
-                dead.append((b"", encode(dead_letter(STAGE, f"{f.path}: {exc}", line))))
+                dead.append((b"", encode(dead_letter(line, stage=STAGE, reason=f"{f.path}: {exc}"))))
                 continue
             for item in items:
                 try:
@@ -348,7 +347,7 @@ class AuditLogTailer:
                 except Exception as exc:  # AuditFormatError, or a bug: one line must not stop the file
                     if not isinstance(exc, AuditFormatError):
                         log.exception("normalizing an audit event failed")
-                    dead.append((b"", encode(dead_letter(STAGE, f"{f.path}: {exc}", item))))
+                    dead.append((b"", encode(dead_letter(item, stage=STAGE, reason=f"{f.path}: {exc}"))))
                     continue
                 assert ev.audit is not None
                 events.append((ev.audit.audit_id.encode(), encode(ev)))

@@ -33,9 +33,8 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from cadr.config import AuditSettings
-from schemas.codec import encode
-from sensors.audit.deadletter import dead_letter
+from schemas.codec import dead_letter, encode
+from schemas.settings import AuditSettings
 from sensors.audit.envelope import unwrap
 from sensors.audit.errors import AuditFormatError, PublishError, WebhookConfigError
 from sensors.audit.fastpath import decode_event_list, normalize_typed
@@ -97,7 +96,7 @@ def process_body(
         reason = f"body is not JSON: {exc}"
         result.malformed = True
         result.errors.append(reason)
-        result.dead.append((b"", encode(dead_letter(stage, reason, body))))
+        result.dead.append((b"", encode(dead_letter(body, stage=stage, reason=reason))))
         return result
     try:
         items = unwrap(doc)
@@ -105,7 +104,7 @@ def process_body(
         reason = f"body is not an audit.k8s.io Event or EventList: {exc}"
         result.malformed = True
         result.errors.append(reason)
-        result.dead.append((b"", encode(dead_letter(stage, reason, body))))
+        result.dead.append((b"", encode(dead_letter(body, stage=stage, reason=reason))))
         return result
     for index, item in enumerate(items):
         try:
@@ -120,7 +119,7 @@ def process_body(
             if not isinstance(exc, AuditFormatError):
                 log.exception("normalizing an audit event failed")
             result.errors.append(reason)
-            result.dead.append((b"", encode(dead_letter(stage, reason, item))))
+            result.dead.append((b"", encode(dead_letter(item, stage=stage, reason=reason))))
             continue
         assert event.audit is not None
         result.events.append((event.audit.audit_id.encode(), encode(event)))
@@ -286,7 +285,7 @@ class AuditWebhook:
     async def _refuse_oversize(self, reason: str, prefix: bytes) -> web.Response:
         self.stats.rejected += 1
         try:
-            await self.sink.publish([], [(b"", encode(dead_letter(STAGE, reason, prefix)))])
+            await self.sink.publish([], [(b"", encode(dead_letter(prefix, stage=STAGE, reason=reason)))])
         except PublishError as exc:
             log.warning("could not record an oversize body in the DLQ: %s", exc)
         # Close the connection: the unread remainder of the body must not be parsed as a request.

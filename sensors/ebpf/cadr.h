@@ -4,7 +4,7 @@
  * loader writes into .rodata.cfg before load.
  *
  * The Python decoder (sensors/ebpf/layout.py) mirrors every struct here with a `struct`
- * format; tests/sensors/test_ebpf_layout.py checks both against the BTF of the compiled
+ * format; tests/sensors/ebpf/test_layout.py checks both against the BTF of the compiled
  * object, so a change here that is not made there fails the suite instead of decoding
  * garbage. All fields are little-endian, naturally aligned, no implicit padding.
  */

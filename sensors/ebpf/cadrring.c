@@ -8,7 +8,7 @@
  * record headers with their BUSY/DISCARD bits, 8-byte alignment) and formats each record of
  * the common kinds (file_open, process_exec/fork/exit, net_connect/accept/listen) into the
  * JSON-lines bytes that decode.py produces for it, byte for byte
- * (tests/sensors/test_ebpf_native.py compares both on records captured from the kernel).
+ * (tests/sensors/ebpf/test_native.py compares both on records captured from the kernel).
  * Python gets one output buffer per poll, plus an index (line bounds, Kafka key, time, cpu).
  *
  * What stays in Python: the workload of a cgroup (the resolver, the pod cache), handed to C

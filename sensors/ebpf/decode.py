@@ -322,7 +322,7 @@ class Decoder:
     # For the kinds that come in floods (file_open, process_fork/exit, net_*), the JSON is
     # written straight from the record: the workload and process blocks of a (process,
     # cgroup) pair are encoded once and cached as bytes, so an event costs one unpack and
-    # one format. Everything else goes through Event objects. tests/sensors/test_ebpf_decode
+    # one format. Everything else goes through Event objects. tests/sensors/ebpf/test_decode
     # checks both paths give the same event.
 
     def workload_fragment(self, cgroup: int, cgroup_v1: int) -> tuple[bytes, bytes, float | None]:

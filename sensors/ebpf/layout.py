@@ -2,7 +2,7 @@
 
 Each record type has one precompiled :class:`struct.Struct` covering its header and fixed
 part, so decoding a record is one ``unpack_from`` call plus slicing its strings.
-``tests/sensors/test_ebpf_layout.py`` checks every size and offset here against the BTF
+``tests/sensors/ebpf/test_layout.py`` checks every size and offset here against the BTF
 of the compiled object.
 """
 

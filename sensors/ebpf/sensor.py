@@ -16,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from schemas.codec import decode_event
 from schemas.records import Event, EventKind, SensorHealth, Workload
@@ -36,7 +35,6 @@ from sensors.publisher import Publisher, encode_event
 __all__ = [
     "CollectSink",
     "EbpfSensor",
-    "JsonLinesSink",
     "PublisherSink",
     "SensorOptions",
     "Sink",
@@ -69,33 +67,6 @@ class Sink(Protocol):
     def counters(self) -> dict[str, int]: ...
 
     async def aclose(self) -> None: ...
-
-
-class JsonLinesSink:
-    """One JSON event per line to a file, or stdout for ``-``."""
-
-    wants_json = True
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self._fh: IO[bytes] = sys.stdout.buffer if target == "-" else open(target, "ab")  # noqa: SIM115
-        self.written = 0
-
-    async def send(self, batch: list[tuple[Event, bytes]]) -> None:
-        await self.send_batch(JsonBatch.from_items([(encode_event(ev), key, 0, 0) for ev, key in batch]))
-
-    async def send_batch(self, batch: JsonBatch) -> None:
-        self._fh.write(batch.data)
-        self._fh.flush()
-        self.written += len(batch)
-
-    def counters(self) -> dict[str, int]:
-        return {"written": self.written}
-
-    async def aclose(self) -> None:
-        self._fh.flush()
-        if self.target != "-":
-            self._fh.close()
 
 
 class PublisherSink:

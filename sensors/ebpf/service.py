@@ -20,13 +20,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from cadr.config import Settings
 from schemas.records import Workload
+from schemas.settings import Settings
 from sensors.containers import StaticWorkloadResolver, WorkloadResolver
 from sensors.ebpf import metrics
 from sensors.ebpf.errors import SensorError, SensorUnavailableError
 from sensors.ebpf.loader import DEFAULT_OBJECT, DEFAULT_SENSITIVE_PREFIXES, ProbeConfig, preflight
-from sensors.ebpf.sensor import EbpfSensor, JsonLinesSink, PublisherSink, SensorOptions, Sink
+from sensors.ebpf.sensor import EbpfSensor, PublisherSink, SensorOptions, Sink
+from sensors.jsonlines import JsonLinesSink
 from sensors.publisher import Publisher
 
 __all__ = ["RunOptions", "check_available", "load_workloads", "run_ebpf_sensor"]
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunOptions:
-    """Per-run choices (the rest comes from :class:`~cadr.config.Settings`)."""
+    """Per-run choices (the rest comes from :class:`~schemas.settings.Settings`)."""
 
     #: JSON lines to this file (``-`` = stdout) instead of Kafka
     output: str | None = None

@@ -4,5 +4,4 @@
 - :mod:`streams.forensics.reader` — read-only sessions: a server, the running worker's endpoint, or the directory
 - :mod:`streams.forensics.capture` — capture files (JSON lines, optionally zstd) from the store or a topic
 - :mod:`streams.forensics.replay` — publish captures or store selections back into the pipeline, marked replayed
-- :mod:`streams.forensics.synth` — a synthetic cluster's activity (benchmarks, tests, demos)
 """

@@ -1,6 +1,6 @@
 """Retro-hunts: run one rule (cadr's or an imported Sigma rule) over the stored events, without Kafka.
 
-The rule's condition becomes SQL (:mod:`streams.rules.sql`) that selects, in the events table, every event of
+The rule's condition becomes SQL (:mod:`streams.forensics.rule_sql`) that selects, in the events table, every event of
 the rule's kinds in the time range that can match; ClickHouse does the scan. The selected events are then
 fed in time order through a detector holding only that rule, so the hits come out as the same alerts (dedup,
 counts, attribution) the live pipeline raises. When the condition translated exactly, the detector confirms
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from schemas.codec import decode_event
 from schemas.errors import CadrError, RecordError
 from schemas.records import Alert, Event
+from streams.forensics.rule_sql import SqlCondition, condition_sql, sql_literal
 from streams.rules import Rule, RuleSet
-from streams.rules.sql import SqlCondition, condition_sql, sql_literal
 
 __all__ = ["HuntError", "HuntPlan", "HuntResult", "hunt", "plan_hunt"]
 
@@ -97,7 +97,7 @@ def hunt(
 ) -> HuntResult:
     """Run ``rule`` over the stored events of ``[since_ns, until_ns)``; ``reader`` is a
     :class:`~streams.forensics.reader.StoreReader` (anything with its ``stream``)."""
-    from cadr.config import DetectSettings
+    from schemas.settings import DetectSettings
     from streams.detect import Detector
 
     plan = plan_hunt(ruleset, rule, database)

@@ -22,7 +22,7 @@ from typing import Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from cadr.config import Settings
+from schemas.settings import Settings
 from streams.store.client import Client, chdb_dir_locked, open_client, parse_dsn, wrap_error
 from streams.store.endpoint import read_endpoint_info
 from streams.store.errors import StoreError, StoreLockedError

@@ -19,9 +19,9 @@ import abc
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from streams.forward.config import DestinationConfig
+from streams.forward.config import DestinationConfig, DestinationOptions
 from streams.forward.payload import Item
 
 __all__ = ["Destination", "ItemResult", "Status"]
@@ -52,6 +52,10 @@ OK = ItemResult(Status.OK)
 class Destination(abc.ABC):
     """One configured destination (a Splunk HEC, an Elasticsearch cluster, ...)."""
 
+    #: the ``type`` of ``[[forward.destinations]]`` tables that configure this class
+    type_name: ClassVar[str]
+    #: its options (the keys of the table beyond the generic ones), parsed by the class itself
+    options_type: ClassVar[type[DestinationOptions]]
     #: the receiver processes a request's items independently (a bulk API answering per
     #: item), so one request must not carry two revisions of one incident
     independent_items: bool = False

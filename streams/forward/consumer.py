@@ -26,11 +26,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from cadr.config import Settings
 from schemas.errors import RecordError
+from schemas.settings import Settings
+from schemas.topics import TopicSpec, dead_letter_specs
 from streams.forward.base import Destination, Status
 from streams.forward.config import DestinationConfig, ForwardConfig
-from streams.forward.deadletter import DeadLetters, ensure_dead_letter_topics
+from streams.forward.deadletter import DeadLetters
 from streams.forward.delivery import Deliverer
 from streams.forward.destinations import build_destination
 from streams.forward.errors import DeliveryError
@@ -288,13 +289,16 @@ class Forwarder:
         ]
         self.metrics_runner: Any = None
 
-    async def run(self) -> None:
-        """Run until cancelled; a destination whose loop dies takes the process down."""
-        await ensure_dead_letter_topics(
-            self.settings.kafka.bootstrap,
+    def dead_letter_specs(self) -> list[TopicSpec]:
+        """The dead-letter topics of the chosen destinations, as ``cadr.topics.ensure_topics`` takes them."""
+        return dead_letter_specs(
             [r.cfg.dead_letter_topic for r in self.runners],
-            replication=self.config.dead_letter_replication,
+            replication_factor=self.config.dead_letter_replication,
         )
+
+    async def run(self) -> None:
+        """Run until cancelled; a destination whose loop dies takes the process down. The dead-letter
+        topics (:meth:`dead_letter_specs`) are created beforehand by the caller."""
         if self.config.metrics_port:
             self.metrics_runner = await serve_metrics(
                 self.metrics, self.config.metrics_host, self.config.metrics_port

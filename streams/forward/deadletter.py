@@ -14,22 +14,20 @@ never dropped. Each value is a JSON object::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from cadr.topics import MAX_MESSAGE_BYTES
+from schemas.topics import MAX_MESSAGE_BYTES
 from streams.forward.config import DestinationConfig
 from streams.forward.payload import Item
 from streams.forward.retry import Backoff
 
-__all__ = ["DeadLetters", "dead_letter_value", "ensure_dead_letter_topics"]
+__all__ = ["DeadLetters", "dead_letter_value"]
 
 log = logging.getLogger(__name__)
 
@@ -60,32 +58,6 @@ def dead_letter_value(
     except orjson.JSONDecodeError:
         value["record_text"] = raw.decode("utf-8", "replace")
     return orjson.dumps(value, default=str)
-
-
-async def ensure_dead_letter_topics(
-    bootstrap: str, topics: list[str], *, partitions: int = 1, replication: int = 1
-) -> None:
-    """Create the dead-letter topics that do not exist yet (best effort: a cluster that
-    forbids it may auto-create on first write, or an operator creates them)."""
-    if not topics:
-        return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="cadr-forward-admin")
-    try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        missing = [t for t in topics if t not in existing]
-        if missing:
-            configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES["dlq"])}
-            await admin.create_topics(
-                [NewTopic(t, partitions, replication, topic_configs=configs) for t in missing]
-            )
-    except TopicAlreadyExistsError:
-        pass
-    except KafkaError as exc:
-        log.warning("could not create dead-letter topics %s: %s", ", ".join(topics), exc)
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
 
 
 class DeadLetters:

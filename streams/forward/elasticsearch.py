@@ -10,23 +10,64 @@ any other 4xx (mapping errors, ...) dead-lettered with the item's ``error`` obje
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import orjson
 
 from streams.forward.base import OK, ItemResult, Status
-from streams.forward.config import DestinationConfig, ElasticOptions, read_secret
-from streams.forward.errors import TransientError
+from streams.forward.config import DestinationConfig, DestinationOptions
+from streams.forward.errors import ForwardConfigError, TransientError
 from streams.forward.http import HttpDestination
 from streams.forward.payload import Item, record_time_ns, rfc3339
+from streams.forward.table import Table, http_url, read_secret
 
-__all__ = ["Elasticsearch"]
+__all__ = ["ElasticOptions", "Elasticsearch"]
+
+
+@dataclass(frozen=True)
+class ElasticOptions(DestinationOptions):
+    url: str
+    #: index or data stream; strftime patterns (``cadr-%Y.%m.%d``) use the record's first_seen (UTC)
+    index: str = "cadr-incidents"
+    pipeline: str = ""
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    api_key: str = ""
+    api_key_file: str = ""
+    #: field added with the record's time in RFC 3339 (empty = none)
+    timestamp_field: str = "@timestamp"
+
+    @classmethod
+    def parse(cls, t: Table) -> Self:
+        index = t.text("index", "cadr-incidents")
+        literal = re.sub(r"%.", "", index)  # strftime directives are filled (and lowercased) per record
+        if not index or literal != literal.lower() or any(c in literal for c in ' "*\\<|,>/?#:'):
+            raise ForwardConfigError(
+                f'{t.where}.index: {index!r} is not a valid index name (lowercase, no spaces or "*\\<|,>/?#:)'
+            )
+        return cls(
+            url=http_url(t),
+            index=index,
+            pipeline=t.text("pipeline"),
+            username=t.text("username"),
+            password=t.text("password"),
+            password_file=t.text("password_file"),
+            api_key=t.text("api_key"),
+            api_key_file=t.text("api_key_file"),
+            timestamp_field=t.text("timestamp_field", "@timestamp"),
+        )
 
 
 class Elasticsearch(HttpDestination):
+    type_name = "elasticsearch"
+    options_type = ElasticOptions
+
     independent_items = True
 
     def __init__(self, cfg: DestinationConfig, *, node: str = "") -> None:

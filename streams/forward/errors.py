@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cadr.config import ConfigError
 from schemas.errors import CadrError
+from schemas.settings import ConfigError
 
 __all__ = [
     "BatchRejectedError",

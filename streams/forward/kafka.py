@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -24,14 +25,46 @@ from aiokafka.errors import (
 )
 
 from streams.forward.base import OK, Destination, ItemResult, Status
-from streams.forward.config import DestinationConfig, KafkaOptions, read_secret
+from streams.forward.config import DestinationConfig, DestinationOptions
 from streams.forward.errors import TransientError
 from streams.forward.http import ssl_context
 from streams.forward.payload import Item
+from streams.forward.table import Table, read_secret
 
-__all__ = ["KafkaTopic"]
+__all__ = ["KafkaOptions", "KafkaTopic"]
+
 
 # Errors about the record itself: sending it again cannot succeed.
+@dataclass(frozen=True)
+class KafkaOptions(DestinationOptions):
+    bootstrap: str
+    topic: str
+    #: PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    sasl_password_file: str = ""
+    compression: str = "lz4"
+
+    @classmethod
+    def parse(cls, t: Table) -> Self:
+        return cls(
+            bootstrap=t.required("bootstrap"),
+            topic=t.required("topic"),
+            security_protocol=t.text(
+                "security_protocol", "PLAINTEXT", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+            ),
+            sasl_mechanism=t.text(
+                "sasl_mechanism", "PLAIN", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+            ),
+            sasl_username=t.text("sasl_username"),
+            sasl_password=t.text("sasl_password"),
+            sasl_password_file=t.text("sasl_password_file"),
+            compression=t.text("compression", "lz4", choices=("none", "gzip", "snappy", "lz4", "zstd")),
+        )
+
+
 _RECORD_ERRORS = (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
@@ -42,6 +75,9 @@ _RECORD_ERRORS = (
 
 
 class KafkaTopic(Destination):
+    type_name = "kafka"
+    options_type = KafkaOptions
+
     independent_items = True
 
     def __init__(self, cfg: DestinationConfig, *, node: str = "") -> None:

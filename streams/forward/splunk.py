@@ -26,18 +26,65 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
 import orjson
 
 from schemas.records import Incident
 from streams.forward.base import ItemResult, Status
-from streams.forward.config import DestinationConfig, SplunkOptions, read_secret
-from streams.forward.errors import BatchRejectedError, TransientError
+from streams.forward.config import DestinationConfig, DestinationOptions
+from streams.forward.errors import BatchRejectedError, ForwardConfigError, TransientError
 from streams.forward.http import HttpDestination, Reply, retry_after
 from streams.forward.payload import Item, record_time_ns
+from streams.forward.table import Table, http_url, read_secret
 
-__all__ = ["SplunkHec"]
+__all__ = ["SplunkHec", "SplunkOptions"]
+
+
+@dataclass(frozen=True)
+class SplunkOptions(DestinationOptions):
+    url: str
+    token: str = ""
+    token_file: str = ""
+    path: str = "/services/collector/event"
+    index: str = ""
+    source: str = "cadr"
+    #: default: cadr:incident / cadr:alert (with :ocsf appended for OCSF payloads)
+    sourcetype: str = ""
+    host: str = ""
+    #: channel GUID (X-Splunk-Request-Channel); required by HEC when ack is on
+    channel: str = ""
+    #: wait for indexer acknowledgment before committing (HEC "useACK")
+    ack: bool = False
+    ack_timeout_s: float = 120.0
+    ack_poll_interval_s: float = 1.0
+    #: add incident_id / revision / severity as indexed fields (``fields``)
+    indexed_fields: bool = True
+
+    @classmethod
+    def parse(cls, t: Table) -> Self:
+        o = cls(
+            url=http_url(t),
+            token=t.text("token"),
+            token_file=t.text("token_file"),
+            path=t.text("path", "/services/collector/event"),
+            index=t.text("index"),
+            source=t.text("source", "cadr"),
+            sourcetype=t.text("sourcetype"),
+            host=t.text("host"),
+            channel=t.text("channel"),
+            ack=t.flag("ack", False),
+            ack_timeout_s=t.number("ack_timeout_s", 120.0, lo=0.1),
+            ack_poll_interval_s=t.number("ack_poll_interval_s", 1.0, lo=0.01),
+            indexed_fields=t.flag("indexed_fields", True),
+        )
+        if not (o.token or o.token_file):
+            raise ForwardConfigError(f"{t.where}: splunk_hec needs token or token_file")
+        if o.ack and not o.channel:
+            raise ForwardConfigError(f"{t.where}: ack = true needs a channel (a GUID)")
+        return o
+
 
 _INVALID_EVENT_CODES = {5, 6, 12, 13, 15}
 _RETRY_CODES = {8, 9, 18}
@@ -55,6 +102,9 @@ _CODE_TEXT = {
 
 
 class SplunkHec(HttpDestination):
+    type_name = "splunk_hec"
+    options_type = SplunkOptions
+
     def __init__(self, cfg: DestinationConfig, *, node: str = "") -> None:
         super().__init__(cfg, node=node)
         assert isinstance(cfg.options, SplunkOptions)

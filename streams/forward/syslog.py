@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import select
 import socket
@@ -30,26 +31,30 @@ import ssl
 import struct
 import termios
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
 import orjson
 
 from schemas.records import Incident, Severity
 from streams.forward.base import OK, Destination, ItemResult, Status
 from streams.forward.cef import cef_line
-from streams.forward.config import DestinationConfig, SyslogOptions, facility_code
+from streams.forward.config import DestinationConfig, DestinationOptions, TlsConfig
 from streams.forward.delivery import lane_of
-from streams.forward.errors import ForwardError, TransientError
+from streams.forward.errors import ForwardConfigError, ForwardError, TransientError
 from streams.forward.http import ssl_context
 from streams.forward.payload import Item, record_time_ns, rfc3339
+from streams.forward.table import Table
 
 __all__ = [
     "SYSLOG_SEVERITY",
     "MessageTooLargeError",
     "Syslog",
+    "SyslogOptions",
     "compact_payload",
+    "facility_code",
     "frame",
     "rfc5424",
     "sd_escape",
@@ -63,6 +68,79 @@ SYSLOG_SEVERITY = {
     Severity.LOW: 5,
     Severity.INFO: 6,
 }
+_FACILITIES = {
+    "kern": 0,
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "lpr": 6,
+    "news": 7,
+    "uucp": 8,
+    "cron": 9,
+    "authpriv": 10,
+    "ftp": 11,
+    "ntp": 12,
+    "security": 13,
+    "console": 14,
+    "solaris-cron": 15,
+    **{f"local{i}": 16 + i for i in range(8)},
+}
+
+
+def facility_code(name: str) -> int:
+    """Numeric syslog facility for a name from :class:`SyslogOptions`."""
+    return _FACILITIES[name]
+
+
+@dataclass(frozen=True)
+class SyslogOptions(DestinationOptions):
+    host: str
+    port: int
+    #: tcp (RFC 6587 octet counting) or tls (RFC 5425)
+    transport: str = "tcp"
+    #: json (cadr or OCSF record as the MSG) or cef (ArcSight CEF line as the MSG)
+    payload: str = "json"
+    facility: str = "local0"
+    app_name: str = "cadr"
+    #: HOSTNAME field; empty = the node name from settings
+    hostname: str = ""
+    #: SD-ID of the structured data element carrying incident_id and revision
+    sd_id: str = "cadr@32473"
+    utf8_bom: bool = False
+    #: a larger message drops its timeline/edges (marked truncated); if still larger it is dead-lettered
+    max_message_bytes: int = 65536
+
+    @classmethod
+    def parse(cls, t: Table) -> Self:
+        if "port" not in t.data:
+            raise ForwardConfigError(f"{t.where}: missing required key 'port'")
+        so = cls(
+            host=t.required("host"),
+            port=t.integer("port", 0, lo=1, hi=65535),
+            transport=t.text("transport", "tcp", choices=("tcp", "tls")),
+            payload=t.text("payload", "json", choices=("json", "cef")),
+            facility=t.text("facility", "local0", choices=tuple(_FACILITIES)),
+            app_name=t.text("app_name", "cadr"),
+            hostname=t.text("hostname"),
+            sd_id=t.text("sd_id", "cadr@32473"),
+            utf8_bom=t.flag("utf8_bom", False),
+            max_message_bytes=t.integer("max_message_bytes", 65536, lo=480),
+        )
+        for key, value in (("app_name", so.app_name), ("hostname", so.hostname), ("sd_id", so.sd_id)):
+            if any(c.isspace() or not c.isprintable() for c in value) or any(c in value for c in '="]'):
+                raise ForwardConfigError(f'{t.where}.{key}: must be printable ASCII without spaces, = " ]')
+        if not so.sd_id:
+            raise ForwardConfigError(f"{t.where}.sd_id: must not be empty")
+        return so
+
+    def settle(self, cfg: DestinationConfig, given: Mapping[str, Any], where: str) -> DestinationConfig:
+        if self.transport == "tls" and cfg.tls is None:
+            return dataclasses.replace(cfg, tls=TlsConfig())
+        return cfg
+
+
 _BOM = b"\xef\xbb\xbf"
 _TLS_SETTLE_S = 0.25
 _SIOCOUTQ = termios.TIOCOUTQ  # same ioctl number; on a TCP socket: bytes not yet acked by the peer
@@ -196,6 +274,9 @@ class _Connection:
 
 
 class Syslog(Destination):
+    type_name = "syslog"
+    options_type = SyslogOptions
+
     def __init__(self, cfg: DestinationConfig, *, node: str = "") -> None:
         super().__init__(cfg, node=node)
         assert isinstance(cfg.options, SyslogOptions)

@@ -10,19 +10,60 @@ an idempotent receiver to a retry.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
 
 import orjson
 
 from streams.forward.base import ItemResult, Status
-from streams.forward.config import DestinationConfig, WebhookOptions, read_secret
+from streams.forward.config import DestinationConfig, DestinationOptions
+from streams.forward.errors import ForwardConfigError
 from streams.forward.http import HttpDestination
 from streams.forward.payload import Item
+from streams.forward.table import Table, http_url, read_secret
 
-__all__ = ["Webhook"]
+__all__ = ["Webhook", "WebhookOptions"]
+
+
+@dataclass(frozen=True)
+class WebhookOptions(DestinationOptions):
+    url: str
+    method: str = "POST"
+    #: array (JSON array per request), ndjson (one JSON object a line) or object (one record per request)
+    body: str = "array"
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    bearer_token: str = ""
+    bearer_token_file: str = ""
+
+    @classmethod
+    def parse(cls, t: Table) -> Self:
+        return cls(
+            url=http_url(t),
+            method=t.text("method", "POST", choices=("POST", "PUT")),
+            body=t.text("body", "array", choices=("array", "ndjson", "object")),
+            username=t.text("username"),
+            password=t.text("password"),
+            password_file=t.text("password_file"),
+            bearer_token=t.text("bearer_token"),
+            bearer_token_file=t.text("bearer_token_file"),
+        )
+
+    def settle(self, cfg: DestinationConfig, given: Mapping[str, Any], where: str) -> DestinationConfig:
+        if self.body != "object":
+            return cfg
+        if "batch_size" in given and cfg.batch_size != 1:
+            raise ForwardConfigError(f"{where}.batch_size: body = 'object' sends one record per request")
+        return dataclasses.replace(cfg, batch_size=1)
 
 
 class Webhook(HttpDestination):
+    type_name = "webhook"
+    options_type = WebhookOptions
+
     def __init__(self, cfg: DestinationConfig, *, node: str = "") -> None:
         super().__init__(cfg, node=node)
         assert isinstance(cfg.options, WebhookOptions)

@@ -6,7 +6,7 @@ pySigma parses a rule and applies its value modifiers (``contains``, ``startswit
 ``text.imatch_any`` (linear-time wildcards, :mod:`streams.rules.wildcard`); ``|cased`` becomes
 ``text.match_any``; ``|re`` becomes ``text.regex_any`` (RE2, linear time, the engine ClickHouse's ``match``
 uses too, so the retro-hunt's SQL means the same). The SQL side follows from the condition
-(:mod:`streams.rules.sql`).
+(:mod:`streams.forensics.rule_sql`).
 
 A rule that cannot be imported raises :class:`SigmaImportError` whose ``reason`` is one short category
 (an unsupported log source, a field cadr does not record, a regex RE2 refuses ...) for the import report.

@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
-from cadr.config import Settings
+from schemas.settings import Settings
 from streams.store.client import parse_dsn
 from streams.store.dedup import Coord
 from streams.store.endpoint import QueryEndpoint

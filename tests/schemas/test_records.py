@@ -70,6 +70,22 @@ def test_dead_letter_keeps_binary_payload_safely() -> None:
     assert letter.payload_b64 and letter.payload_bytes == 5
     text = dead_letter(b"x" * 200_000, stage="enrich", reason="big", time_ns=1)
     assert len(text.payload) == 64 * 1024 and text.payload_bytes == 200_000
+    assert text.reason == "big (payload cut to the first 65536 of 200000 bytes)"
+
+
+def test_a_cut_through_a_character_keeps_the_payload_as_text() -> None:
+    # "é" is two bytes: after one leading byte, the cut at 65,536 falls inside a character
+    payload = b"a" + ("é" * 40_000).encode()
+    letter = dead_letter(payload, stage="enrich", reason="big")
+    assert not letter.payload_b64
+    assert letter.payload == "a" + "é" * 32_767  # the split character's first byte is dropped
+    assert letter.payload_bytes == len(payload) and letter.time > 0
+
+
+def test_dead_letter_takes_text_and_parsed_json() -> None:
+    assert dead_letter("plain", stage="audit", reason="r", time_ns=1).payload == "plain"
+    parsed = dead_letter({"kind": "Event", "n": [1]}, stage="audit", reason="r", time_ns=1)
+    assert parsed.payload == '{"kind":"Event","n":[1]}' and not parsed.payload_b64
 
 
 def test_incident_decodes_with_enums() -> None:

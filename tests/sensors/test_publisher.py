@@ -268,8 +268,9 @@ async def consume_all(
 @pytest.mark.kafka
 async def test_publish_to_kafka_lz4_keyed(kafka_broker, topic_prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from cadr.topics import ensure_topics
+    from schemas.topics import topic_specs
 
-    await ensure_topics(kafka_broker.bootstrap, topic_prefix)
+    await ensure_topics(kafka_broker.bootstrap, topic_specs(topic_prefix))
     topic = f"{topic_prefix}raw"
     wls = [
         Workload(cluster="c", namespace="ns", pod=f"p{i}", workload_kind="Deployment", workload_name=f"w{i}")
@@ -293,11 +294,12 @@ async def test_kafka_outage_of_30s_loses_nothing_and_keeps_order(tmp_path: Path)
     arrives, in order per workload."""
     from cadr.kafka_local import LocalKafka
     from cadr.topics import ensure_topics
+    from schemas.topics import topic_specs
 
     kafka = LocalKafka(tmp_path / "kafka")
     await kafka.astart()
     try:
-        await ensure_topics(kafka.bootstrap, "outage.")
+        await ensure_topics(kafka.bootstrap, topic_specs("outage."))
         topic = "outage.raw"
         wls = [
             Workload(

@@ -1,4 +1,5 @@
-"""A simulated benign cluster for baseline tests: what real workloads emit, with their normal
+"""Benign activity for tests: :func:`benign_events`, one nginx container serving its page (no rule
+fires), and :class:`BenignCluster`, a simulated benign cluster for baseline tests: what real workloads emit, with their normal
 variation (new pod names, container ids, PIDs and pod IPs on every start, rotated temp files,
 rotating public addresses behind one DNS name, scaled replicas, restarts).
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from schemas.records import Dns, Event, EventKind, File, Network, Privilege, Process, Source, Workload
 
-__all__ = ["BenignCluster", "Container"]
+__all__ = ["BenignCluster", "Container", "benign_events"]
 
 SEC = 10**9
 _POD_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -345,3 +346,32 @@ class BenignCluster:
             yield self.connect(c, t + 2 * SEC, "10.96.7.7", 5432, exe="/opt/legacy/bin/server")
             # kubelet exec probe: runc exec of a shell command
             yield self.exec(c, t + 3 * SEC, "/bin/sh", ["/bin/sh", "-c", "pg_isready -h db -p 5432"])
+
+
+def benign_events(*, start_ns: int, count: int, cluster: str = "local", node: str = "node-1") -> list[Event]:
+    """Routine container activity (nginx serving, reading its config): no rule should fire."""
+    out = []
+    wl = Workload(
+        cluster=cluster,
+        namespace="web",
+        pod="web-5c6d-x1",
+        container="nginx",
+        container_id="c" * 64,
+        workload_kind="Deployment",
+        workload_name="web",
+        image="nginx:1.27",
+    )
+    for i in range(count):
+        out.append(
+            Event(
+                event_id=f"benign-{start_ns}-{i}",
+                time=start_ns + i * 1000,
+                node=node,
+                source=Source.EBPF,
+                kind=EventKind.FILE_OPEN,
+                workload=wl,
+                process=Process(pid=7, exe="/usr/sbin/nginx", exec_id="nginx-7", comm="nginx"),
+                file=File(path="/usr/share/nginx/html/index.html"),
+            )
+        )
+    return out

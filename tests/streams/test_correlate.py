@@ -6,9 +6,9 @@ from itertools import count
 
 import msgspec
 
-from cadr.config import CorrelateSettings
 from cadr.scenario import attack_events
 from schemas.records import Actor, Alert, Event, EventKind, IncidentStatus, Severity
+from schemas.settings import CorrelateSettings
 from streams.correlate import Correlator
 
 _ids = count()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cadr.config import DetectSettings
 from schemas.codec import decode_event
+from schemas.settings import DetectSettings
 from streams.detect import build_detector, scan_events
 
 #: a request by a real user whose name is not on the allowed-user list (Falco's default list: minikube,

@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from cadr.scenario import attack_events, benign_events
+from cadr.scenario import attack_events
 from tests.pipeline_harness import Pipeline, consume_until, make_settings, publish, run_query
+from tests.streams.benign import benign_events
 
 pytestmark = [pytest.mark.kafka]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from cadr.commands.profiles import allow_edit, workload_matcher
-from cadr.config import DetectSettings
 from schemas.records import (
     Dns,
     Event,
@@ -21,6 +20,7 @@ from schemas.records import (
     Source,
     Workload,
 )
+from schemas.settings import DetectSettings
 from streams.detect import Detector
 from streams.profiles_import import ProfileImportError, edits_for, parse_documents, profiles_to_yaml
 from streams.rules import load_rules

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from streams.app import create_app
 from streams.recovery import CadrTableManager, SeekFirstRecovery, SnapshotFetchConsumer
+from streams.worker import create_app
 from tests.pipeline_harness import make_settings
 
 

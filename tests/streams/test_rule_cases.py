@@ -1,7 +1,7 @@
 """Every case of every rule, as one parametrized test; plus the rule and case loaders' errors.
 
 Each rule folder's ``cases.yaml`` holds events the rule must fire on and realistic near misses it
-must stay quiet on. ``streams.rules.cases`` runs each through a detector holding only that rule.
+must stay quiet on. ``streams.rule_cases`` runs each through a detector holding only that rule.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.rules import RuleError, load_rules
-from streams.rules.cases import (
+from streams.rule_cases import (
     CASE_FILE,
     Case,
     CaseError,
@@ -24,6 +23,7 @@ from streams.rules.cases import (
     run_case,
     run_cases,
 )
+from streams.rules import RuleError, load_rules
 from streams.rules.model import ATTACK_TACTICS
 
 RULES = load_rules(experimental=True)

@@ -1,0 +1,142 @@
+"""cadr's settings: the one object the CLI builds and hands to every component.
+
+These are plain dataclasses with their defaults; :mod:`cadr.config` fills them from a TOML file and
+``CADR_*`` environment variables (defaults < TOML file < environment < flags). They live on the ground
+floor so that sensors and streams can take them without importing the command-line package; constructors
+receive them and never read the environment themselves.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import CadrError
+
+__all__ = [
+    "AuditSettings",
+    "ConfigError",
+    "CorrelateSettings",
+    "DetectSettings",
+    "KafkaSettings",
+    "SensorSettings",
+    "Settings",
+    "StoreSettings",
+    "WorkerSettings",
+]
+
+
+class ConfigError(CadrError):
+    """The configuration file or an environment variable is invalid."""
+
+
+@dataclass
+class KafkaSettings:
+    #: bootstrap servers; empty means "start the embedded local broker" (cadr up / demo)
+    bootstrap: str = ""
+    topic_prefix: str = "cadr."
+    partitions: int = 4
+    #: largest record accepted from cadr.raw; bigger ones go to cadr.dlq
+    max_record_bytes: int = 1 << 20
+    compression: str = "lz4"
+
+
+@dataclass
+class StoreSettings:
+    #: chdb:///<dir> (embedded, default under data_dir) or http(s)://host:8123
+    dsn: str = ""
+    database: str = "cadr"
+    #: most Kafka records per insert (an events record may be an event batch of hundreds of events) ...
+    batch_size: int = 20000
+    #: ... and most bytes of record values per insert, whichever comes first. Fewer, larger parts mean fewer
+    #: background merges: on the forensics bench (10M events) 128 MiB batches ingest ~1.25x faster than 32 MiB;
+    #: 256 MiB is no faster. Batches fill only as fast as events arrive (store.flush_interval_s closes them), so
+    #: only a busy sink reaches this size; a full batch costs about three times its size in memory while it is
+    #: inserted (two are in flight).
+    batch_bytes: int = 128 << 20
+    flush_interval_s: float = 1.0
+    retention_days: int = 30
+    #: local read-only query endpoint of the process owning an embedded store
+    query_host: str = "127.0.0.1"
+    query_port: int = 8124
+
+
+@dataclass
+class WorkerSettings:
+    app_id: str = "cadr"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    web_enabled: bool = False
+    #: agents to run; empty = all
+    agents: list[str] = field(default_factory=list)
+    batch_size: int = 2000
+    batch_window_s: float = 0.05
+
+
+@dataclass
+class DetectSettings:
+    #: extra rule folders (the built-in rules always load)
+    rules_dirs: list[str] = field(default_factory=list)
+    disabled_rules: list[str] = field(default_factory=list)
+    #: also load rules of maturity "experimental" (off by default: e.g. the allowed-user list flags every
+    #: user it does not know, and its default list comes from another project)
+    experimental_rules: bool = False
+    cooldown_s: float = 300.0
+    learning_window_s: float = 86400.0
+    #: label that overrides the learning window per workload (value in seconds)
+    learning_window_label: str = "cadr.dev/learning-window"
+
+
+@dataclass
+class CorrelateSettings:
+    #: a story closes after this long without new alerts
+    inactivity_close_s: float = 1800.0
+    #: how long an exec session / token read stays eligible to join a story
+    link_window_s: float = 900.0
+
+
+@dataclass
+class AuditSettings:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: CA bundle for client certificates; with it, a client certificate is required
+    client_ca: str = ""
+    #: file holding the bearer token callers must present (empty = token auth off)
+    token_file: str = ""
+    max_body_bytes: int = 32 << 20
+    log_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SensorSettings:
+    spool_dir: str = ""
+    spool_max_bytes: int = 512 << 20
+    health_interval_s: float = 10.0
+
+
+@dataclass
+class Settings:
+    data_dir: str = ".cadr"
+    cluster: str = "local"
+    node: str = field(default_factory=socket.gethostname)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    detect: DetectSettings = field(default_factory=DetectSettings)
+    correlate: CorrelateSettings = field(default_factory=CorrelateSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    sensor: SensorSettings = field(default_factory=SensorSettings)
+    #: raw `[[forward.destinations]]` tables; parsed by streams.forward
+    forward: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def store_dsn(self) -> str:
+        return self.store.dsn or "chdb://" + str(Path(self.data_dir).resolve() / "store")
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical name (raw, events, alerts, incidents, profiles, dlq)."""
+        return f"{self.kafka.topic_prefix}{name}"
