@@ -380,9 +380,7 @@ class Correlator:
                 # remember the phrase: later revisions rebuild the summary from refs
                 state.phrases[ref.alert_id] = a.story
                 if a.actors:
-                    first = a.actors[0]
-                    label = first.name if first.kind == "user" else f"service account {first.name}"
-                    state.alert_actor[ref.alert_id] = label
+                    state.alert_actor[ref.alert_id] = a.actors[0].name
         phrase = state.phrases.get(ref.alert_id, "")
         who = state.alert_actor.get(ref.alert_id, "")
         lead = story.lead_actor(state.incident.actors)

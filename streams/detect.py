@@ -89,13 +89,14 @@ class DetectState:
 
 
 def actors_of(event: Event) -> list[Actor]:
-    """Who acted: the API user (human or service account) of an audit event."""
+    """Who acted: the API user (human or service account) of an audit event, named as Kubernetes
+    names it (a service account is ``system:serviceaccount:<namespace>:<name>``)."""
     a = event.audit
     if a is None or not a.user:
         return []
     actors = []
     if a.user.startswith("system:serviceaccount:"):
-        actors.append(Actor(kind="service_account", name=a.user.removeprefix("system:serviceaccount:")))
+        actors.append(Actor(kind="service_account", name=a.user))
     else:
         actors.append(Actor(kind="user", name=a.user))
     if a.impersonated_user:

@@ -80,12 +80,13 @@ def lead_actor(actors: list[Actor]) -> str:
 
 
 def _actor_label(actors: list[Actor]) -> str:
+    # names are Kubernetes user names: a service account reads system:serviceaccount:<ns>:<name>
     humans = [a.name for a in actors if a.kind == "user"]
     sas = [a.name for a in actors if a.kind == "service_account"]
     if humans:
         return humans[0]
     if sas:
-        return f"service account {sas[0]}"
+        return sas[0]
     return ""
 
 
@@ -119,7 +120,7 @@ def summary(
     if len(workloads) > 4:
         where += f" and {len(workloads) - 4} more"
     first = f"{who} {join_phrases(phrases)}." if who else f"In {where}, {join_phrases(phrases)}."
-    others = [a.name for a in actors if a.name != who.removeprefix("service account ")]
+    others = [a.name for a in actors if a.name != who]
     tail = [
         f"The story spans {len(workloads)} workload{'s' if len(workloads) != 1 else ''} ({where})"
         f" and {len(alerts)} alert{'s' if len(alerts) != 1 else ''}",

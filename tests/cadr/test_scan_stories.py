@@ -24,7 +24,7 @@ def test_scan_tells_the_attack_as_one_story(tmp_path: Path, capsys: pytest.Captu
     assert {"CADR-K8S-0001", "CADR-PROC-0001", "CADR-PROC-0003", "CADR-FILE-0001", "CADR-K8S-0028"} <= rules
     assert {"exec_session", "process_tree", "token_api"} <= set(inc["threads"])
     assert {"kind": "user", "name": "alice@example.com"} in inc["actors"]
-    assert {"kind": "service_account", "name": "payments:payments-api"} in inc["actors"]
+    assert {"kind": "service_account", "name": "system:serviceaccount:payments:payments-api"} in inc["actors"]
     assert inc["severity"] == "critical"
     assert "listed the secrets of payments through the API" in inc["summary"]
 

@@ -315,7 +315,7 @@ def test_exec_session(stories: dict[str, Any]) -> None:
 
 def test_token_read_then_api_call(stories: dict[str, Any]) -> None:
     inc = one(stories, "tk")
-    assert {"kind": "service_account", "name": "tk:tk-sa"} in inc["actors"]
+    assert {"kind": "service_account", "name": "system:serviceaccount:tk:tk-sa"} in inc["actors"]
     assert "token_api" in inc["threads"] and "token_api" in edge_kinds(inc)
     assert "CADR-K8S-0013" in {a["rule_id"] for a in inc["alerts"]}
 
