@@ -9,6 +9,8 @@ raw bytes: records are decoded once, in batches, by the stage that reads them.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import faust
 
 from schemas.settings import Settings
+from streams.health import HealthRegistry
 from streams.recovery import CadrFaustApp, CadrTableManager
 
 __all__ = ["CadrApp", "build_app"]
@@ -30,10 +33,41 @@ class CadrApp:
     topics: dict[str, faust.TopicT] = field(default_factory=dict)
     #: per-stage objects that tests and the CLI may want to reach (metrics, sinks)
     stages: dict[str, Any] = field(default_factory=dict)
+    #: every agent's progress and crashes; readiness (see streams.health)
+    health: HealthRegistry = field(default_factory=HealthRegistry)
+
+    def agent(self, channel: Any, name: str) -> Callable[[Callable[..., Any]], Any]:
+        """``app.agent`` with its crashes reported to :attr:`health` (by :class:`CadrFaustApp`; the body
+        reports progress with ``cadr_app.health.progress(name)``)."""
+        self.health.register(name)
+        return self.app.agent(channel, name=name)
+
+    def timer(self, interval: float, name: str) -> Callable[[Callable[[], Awaitable[None]]], Any]:
+        """``app.timer`` whose failures are reported to :attr:`health` and do not stop the timer."""
+        self.health.register(name)
+        health = self.health
+
+        def wrap(fn: Callable[[], Awaitable[None]]) -> Any:
+            async def tick() -> None:
+                try:
+                    await fn()
+                except Exception as exc:
+                    logging.getLogger(__name__).exception("timer %s failed", name)
+                    health.crashed(name, exc)
+                else:
+                    health.progress(name)
+
+            tick.__name__ = tick.__qualname__ = name.replace(".", "_").replace("-", "_")
+            return self.app.timer(interval=interval)(tick)
+
+        return wrap
 
     def topic(self, name: str) -> faust.TopicT:
         """The Faust topic for a logical name (raw, events, alerts, incidents, profiles, dlq)."""
         if name not in self.topics:
+            # the producer learns its partitions before any agent runs (streams.producer)
+            if isinstance(self.app, CadrFaustApp):
+                self.app.output_topics.add(self.settings.topic(name))
             self.topics[name] = self.app.topic(
                 self.settings.topic(name),
                 key_type=bytes,
@@ -85,4 +119,19 @@ def build_app(settings: Settings, **overrides: Any) -> CadrApp:
     # Faust creates its worker folder without parents
     Path(options["datadir"]).parent.mkdir(parents=True, exist_ok=True)
     app = CadrFaustApp(settings.worker.app_id, **options)
-    return CadrApp(settings=settings, app=app)
+    app.output_topics = set()
+    cadr_app = CadrApp(settings=settings, app=app)
+    app.health = cadr_app.health
+    _health_page(cadr_app)
+    return cadr_app
+
+
+def _health_page(cadr_app: CadrApp) -> None:
+    """``GET /cadr/health``: the agents' health, 200 when ready, 503 when an agent failed (served only
+    when Faust's web server is on, ``worker.web_enabled``)."""
+    health = cadr_app.health
+
+    @cadr_app.app.page("/cadr/health/")
+    async def page(web: Any, request: Any) -> Any:
+        snapshot = health.snapshot()
+        return web.json(snapshot, status=200 if snapshot["ready"] else 503)

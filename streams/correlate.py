@@ -514,7 +514,9 @@ def register(cadr_app: CadrApp) -> None:
     cadr_app.stages["correlate"] = correlator
     incidents_topic = cadr_app.topic("incidents")
 
-    @app.agent(cadr_app.topic("alerts"), name="cadr.correlate")
+    health = cadr_app.health
+
+    @cadr_app.agent(cadr_app.topic("alerts"), name="cadr.correlate")
     async def correlate(stream):
         # one alert at a time: table writes go to the partition of the alert being handled,
         # which keeps each cluster's story state next to its alerts
@@ -527,8 +529,11 @@ def register(cadr_app: CadrApp) -> None:
             incident = correlator.process(alert)
             if incident is not None:
                 await incidents_topic.send(key=incident.incident_id.encode(), value=encode(incident))
+            health.progress("cadr.correlate")
 
-    @app.timer(interval=max(1.0, min(30.0, settings.correlate.inactivity_close_s / 4)))
+    @cadr_app.timer(
+        max(1.0, min(30.0, settings.correlate.inactivity_close_s / 4)), "cadr.correlate.close-idle"
+    )
     async def close_idle() -> None:
         for incident in correlator.close_idle(time.time_ns()):
             await incidents_topic.send(key=incident.incident_id.encode(), value=encode(incident))

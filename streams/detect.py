@@ -237,7 +237,6 @@ def register(cadr_app: CadrApp) -> None:
     from streams.profiles import profile_table
 
     settings = cadr_app.settings
-    app = cadr_app.app
     # profiles live on the partition of their workload's events (see streams.profiles)
     profiles = profile_table(cadr_app)
     detector = build_detector(settings.detect, profiles)
@@ -247,7 +246,9 @@ def register(cadr_app: CadrApp) -> None:
     batch = settings.worker.batch_size
     within = settings.worker.batch_window_s
 
-    @app.agent(cadr_app.topic("events"), name="cadr.detect")
+    health = cadr_app.health
+
+    @cadr_app.agent(cadr_app.topic("events"), name="cadr.detect")
     async def detect(stream):
         async for values in stream.take(batch, within=within):
             futures = []
@@ -267,3 +268,4 @@ def register(cadr_app: CadrApp) -> None:
                 futures.append(await profiles_topic.send(key=key.encode(), value=encode(profile)))
             for fut in futures:
                 await fut
+            health.progress("cadr.detect", len(values))

@@ -189,7 +189,9 @@ def register(cadr_app: CadrApp) -> None:
     batch = settings.worker.batch_size
     within = settings.worker.batch_window_s
 
-    @cadr_app.app.agent(cadr_app.topic("raw"), name="cadr.enrich")
+    health = cadr_app.health
+
+    @cadr_app.agent(cadr_app.topic("raw"), name="cadr.enrich")
     async def enrich(stream):
         async for batch_events in stream.take_events(batch, within=within):
             values = [ev.message.value for ev in batch_events]
@@ -201,3 +203,4 @@ def register(cadr_app: CadrApp) -> None:
             futures += [await dlq_topic.send(key=key, value=value) for key, value in result.dead]
             for fut in futures:
                 await fut
+            health.progress("cadr.enrich", len(values))

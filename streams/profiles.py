@@ -116,7 +116,9 @@ def register(cadr_app: CadrApp) -> None:
     counters = {"edits": 0, "rejected": 0, "profiles": 0}
     cadr_app.stages["profiles"] = counters
 
-    @cadr_app.app.agent(cadr_app.topic(EDITS), name="cadr.profile-edits")
+    health = cadr_app.health
+
+    @cadr_app.agent(cadr_app.topic(EDITS), name="cadr.profile-edits")
     async def profile_edits(stream):
         async for value in stream:
             try:
@@ -137,6 +139,7 @@ def register(cadr_app: CadrApp) -> None:
             )
             for key, profile in changed.items():
                 await profiles_topic.send(key=key.encode(), value=encode(profile))
+            health.progress("cadr.profile-edits")
 
 
 # --- client side (the CLI) -----------------------------------------------------------------

@@ -40,6 +40,9 @@ from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 
+from streams.health import HealthRegistry
+from streams.producer import CadrProducer, warm_producer
+
 __all__ = ["CadrFaustApp", "CadrTableManager", "SeekFirstRecovery", "SnapshotFetchConsumer"]
 
 
@@ -87,6 +90,10 @@ class SeekFirstRecovery(Recovery):
 
     async def _seek_then_resume(self, generation_id: int) -> None:
         app = cast(Any, self.app)
+        # before any agent may run: the producer knows every topic a table or a stage writes to
+        # (streams.producer explains the crash loop this prevents)
+        topics = set(self.tables.changelog_topics) | set(getattr(app, "output_topics", ()))
+        await warm_producer(app.producer, topics)
         consumer = app.consumer
         assignment = consumer.assignment()
         streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
@@ -129,7 +136,21 @@ class SnapshotFetchConsumer(AIOKafkaConsumer):
 
 
 class CadrFaustApp(faust.App):
-    """The Faust app of the worker: its consumer is a :class:`SnapshotFetchConsumer`."""
+    """The Faust app of the worker: its consumer is a :class:`SnapshotFetchConsumer`, its producer a
+    :class:`~streams.producer.CadrProducer` warmed with :attr:`output_topics` and the changelogs."""
+
+    #: the cadr topics the stages write to (filled by ``streams.app.CadrApp.topic``)
+    output_topics: set[str]
+    #: where agent crashes are reported (``streams.app.create_app`` sets it)
+    health: HealthRegistry | None = None
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        if self.health is not None:
+            self.health.crashed(agent.name, exc)
+        await super()._on_agent_error(agent, exc)
+
+    def _new_producer(self) -> Any:
+        return CadrProducer(self.transport, loop=self.loop, beacon=self.beacon)
 
     def _new_consumer(self) -> Any:
         return SnapshotFetchConsumer(

@@ -53,13 +53,20 @@ def test_attack_scenario_is_one_story_with_every_thread() -> None:
         alert_for(curl, "download", context=[shell]),
         alert_for(payload, "drift", Severity.HIGH, context=[shell]),
         alert_for(token, "token", tags=["sa_token"], context=[cat, shell]),
-        alert_for(secrets, "secrets", actors=[Actor(kind="service_account", name="system:serviceaccount:payments:payments-api")]),
+        alert_for(
+            secrets,
+            "secrets",
+            actors=[Actor(kind="service_account", name="system:serviceaccount:payments:payments-api")],
+        ),
     ]
     incidents = c.process_many(alerts)
     assert len(incidents) == 1
     inc = incidents[0]
     assert len(inc.alerts) == 6
-    assert {a.name for a in inc.actors} == {"alice@example.com", "system:serviceaccount:payments:payments-api"}
+    assert {a.name for a in inc.actors} == {
+        "alice@example.com",
+        "system:serviceaccount:payments:payments-api",
+    }
     assert set(inc.threads) >= {"exec_session", "process_tree", "token_api"}
     kinds = {e.kind for e in inc.edges}
     assert {"exec_session", "parent_child", "token_api"} <= kinds

@@ -37,6 +37,25 @@ class _Consumer:
         self.calls.append("resume_flow")
 
 
+class _Client:
+    def __init__(self, calls: list[Any]) -> None:
+        self.calls = calls
+
+    async def _wait_on_metadata(self, topic: str) -> set[int]:
+        self.calls.append(("producer knows", topic))
+        return {0, 1}
+
+
+class _Producer:
+    """Faust's producer as streams.producer.warm_producer reaches aiokafka's client."""
+
+    def __init__(self, calls: list[Any]) -> None:
+        self.client = _Client(calls)
+
+    def _ensure_producer(self) -> _Producer:
+        return self
+
+
 class _Fetcher:
     def __init__(self, calls: list[Any]) -> None:
         self.calls = calls
@@ -53,6 +72,7 @@ def _app(tmp_path: Path, calls: list[Any]) -> tuple[Any, set[TopicPartition], se
     changelogs = {TopicPartition(changelog, 0)}
     app.consumer = _Consumer(streams | changelogs, calls)  # type: ignore[assignment]
     app.__dict__["_fetcher"] = _Fetcher(calls)
+    app.producer = _Producer(calls)  # type: ignore[assignment]
     flow_resume = app.flow_control.resume
 
     def resume() -> None:
@@ -65,6 +85,14 @@ def _app(tmp_path: Path, calls: list[Any]) -> tuple[Any, set[TopicPartition], se
 
 
 def _check_order(calls: list[Any], streams: set[TopicPartition]) -> None:
+    # the producer knows every changelog and output topic before any record may reach an agent
+    warmed = [i for i, c in enumerate(calls) if isinstance(c, tuple) and c[0] == "producer knows"]
+    known = {calls[i][1] for i in warmed}
+    assert {"t.raw", "t.events", "t.alerts", "t.incidents"} <= known, calls
+    assert any(t.endswith("-changelog") for t in known), calls
+    first_resume = min(i for i, c in enumerate(calls) if isinstance(c, tuple) and c[0] == "resume")
+    assert max(warmed) < first_resume, calls
+    calls[:] = [c for c in calls if not (isinstance(c, tuple) and c[0] == "producer knows")]
     resumed = [i for i, c in enumerate(calls) if isinstance(c, tuple) and c[1] & streams]
     assert resumed, f"the stream partitions were never resumed: {calls}"
     assert len(resumed) == 1 and calls[resumed[0]][1] == streams, calls
