@@ -116,6 +116,9 @@ class SensorSettings:
     spool_dir: str = ""
     spool_max_bytes: int = 512 << 20
     health_interval_s: float = 10.0
+    #: how long the eBPF sensor holds events of a Kubernetes container whose pod the pod watch does not
+    #: know yet, waiting for it (then they leave without a pod, counted); 0 = never wait
+    attribution_hold_s: float = 10.0
 
 
 @dataclass

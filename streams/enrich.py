@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+import msgspec
+
 from schemas.codec import dead_letter, decode_event, decode_events, encode, is_batch, join_batch, split_batch
 from schemas.errors import RecordError
 from schemas.records import Event, Workload
@@ -81,19 +83,33 @@ class Enricher:
         # connection name its peer workload (lateral movement) without an API round trip.
         self._ip_to_workload: OrderedDict[str, str] = OrderedDict()
         self._ip_cache_size = ip_cache_size
-        self.counters = {"in": 0, "out": 0, "dead": 0}
+        # container id -> its pod's workload block, learned from events that name both (another node's
+        # sensor, an audit event about the pod): names the pod of events a sensor sent with the container
+        # id alone (its pod watch did not know the pod in time)
+        self._by_container: OrderedDict[str, Workload] = OrderedDict()
+        self._container_cache_size = ip_cache_size
+        #: unattributed: events that left with a container id and no pod (the metric of lost workloads);
+        #: attributed_late: events that had only a container id and got their pod here
+        self.counters = {"in": 0, "out": 0, "dead": 0, "unattributed": 0, "attributed_late": 0}
 
     def enrich_one(self, event: Event) -> Event:
         """Fill cluster, workload and peer fields in place; returns the event."""
         wl = event.workload
         if not wl.cluster:
             wl.cluster = self.cluster
-        if self.lookup is not None and wl.container_id and not wl.pod:
-            found = self.lookup.resolve(wl.container_id)
+        if wl.container_id and not wl.pod:
+            found = self._by_container.get(wl.container_id)
+            if found is None and self.lookup is not None:
+                found = self.lookup.resolve(wl.container_id)
             if found is not None:
-                found.container_id = wl.container_id
-                found.cluster = found.cluster or wl.cluster
-                event.workload = wl = found
+                event.workload = wl = msgspec.structs.replace(
+                    found, container_id=wl.container_id, cluster=found.cluster or wl.cluster
+                )
+                self.counters["attributed_late"] += 1
+            else:
+                self.counters["unattributed"] += 1
+        elif wl.container_id and wl.pod:
+            self._remember_container(wl)
         if wl.pod_ip and not wl.is_host:
             self._remember_ip(wl.pod_ip, wl.key())
         net = event.network
@@ -103,6 +119,14 @@ class Enricher:
                 net.peer_workload = peer
         event.enriched = True
         return event
+
+    def _remember_container(self, wl: Workload) -> None:
+        cache = self._by_container
+        if wl.container_id in cache:
+            cache.move_to_end(wl.container_id)
+        cache[wl.container_id] = wl  # the newest answer (a pod IP or a label may have come since)
+        if len(cache) > self._container_cache_size:
+            cache.popitem(last=False)
 
     def _remember_ip(self, ip: str, key: str) -> None:
         cache = self._ip_to_workload

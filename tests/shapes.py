@@ -173,6 +173,8 @@ class Node:
             generation=lambda: self.attribution.generation,
             monotonic=lambda: self.mono,
         )
+        #: every item the decoder made: (JSON, Kafka key, time ms, cpu), as the sink gets them
+        self.decoded: list[tuple[bytes, bytes, int, int]] = []
         self._seq = 0
         self._pid = 20_000
         self._next_cgroup = 5_000
@@ -248,6 +250,7 @@ class Node:
     def _decode(self, raw: bytes) -> bytes:
         item = self.decoder.decode_json(memoryview(raw), 0, len(raw))
         assert item is not None, "the decoder refused a record"
+        self.decoded.append(item)
         return item[0]
 
     def process(self, pod: Pod | None, container: str = "app", *, comm: str = "app", at: float = 0.0) -> Proc:

@@ -144,6 +144,9 @@ class Attribution:
         self.host_key = self.host.key().encode()
         #: bumped whenever a cached answer may have changed (a cgroup came or went)
         self.generation = 0
+        #: Kafka key -> container id of Kubernetes containers (their cgroup names a pod) the resolver
+        #: did not know when asked: their events wait in :class:`~sensors.ebpf.hold.AttributionHold`
+        self.pending: dict[bytes, str] = {}
 
     def container(self, cgroup_id: int, cgroup_v1: int = 0) -> ContainerRef | None:
         path = self.index.path(cgroup_id)
@@ -167,23 +170,44 @@ class Attribution:
             if self.index.path(cgroup_id) is None:
                 expires = self._clock() + self._ttl  # not found yet: look again later
         else:
-            resolved = self.resolver.resolve(ref.container_id) if self.resolver else None
-            if resolved is not None:
-                workload = resolved
-                if not workload.container_id:
-                    workload = msgspec.structs.replace(workload, container_id=ref.container_id)
-                if not workload.cluster and self.cluster:
-                    workload = msgspec.structs.replace(workload, cluster=self.cluster)
-                wkey = workload.key().encode()
+            known = self.resolve(ref.container_id)
+            if known is not None:
+                workload, wkey = known
             else:
-                workload = Workload(cluster=self.cluster, container_id=ref.container_id)
-                wkey = f"{self.cluster}/container/{ref.container_id}".encode()
+                workload, wkey = self.unknown(ref.container_id)
                 expires = self._clock() + self._ttl
+                if ref.pod_uid and self.resolver is not None and len(self.pending) < 65536:
+                    self.pending[wkey] = ref.container_id
         if len(self._cache) > 65536:
             self._cache.clear()
         entry = (workload, wkey, expires)
         self._cache[key] = entry
         return entry
+
+    def resolve(self, container_id: str) -> tuple[Workload, bytes] | None:
+        """(workload, Kafka key) of a container as the resolver names it now, or None."""
+        resolved = self.resolver.resolve(container_id) if self.resolver else None
+        if resolved is None:
+            return None
+        if not resolved.container_id:
+            resolved = msgspec.structs.replace(resolved, container_id=container_id)
+        if not resolved.cluster and self.cluster:
+            resolved = msgspec.structs.replace(resolved, cluster=self.cluster)
+        return resolved, resolved.key().encode()
+
+    def unknown(self, container_id: str) -> tuple[Workload, bytes]:
+        """(workload, Kafka key) of a container no resolver names: its id alone."""
+        return (
+            Workload(cluster=self.cluster, container_id=container_id),
+            f"{self.cluster}/container/{container_id}".encode(),
+        )
+
+    def renamed(self, container_id: str) -> None:
+        """A container's workload changed (its pod became known): drop the cached answers so every
+        consumer asks again (the native consumer follows :attr:`generation`)."""
+        for key in [k for k, v in self._cache.items() if v[0].container_id == container_id]:
+            del self._cache[key]
+        self.generation += 1
 
     def forget(self, cgroup_id: int) -> None:
         for key in [k for k in self._cache if k[0] == cgroup_id or k[1] == cgroup_id]:

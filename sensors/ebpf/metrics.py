@@ -51,6 +51,26 @@ def render(counters: dict[str, Any]) -> str:
         "gauge",
         [("", counters["ring_pending_bytes"])],
     )
+    attribution = counters.get("attribution", {})
+    if attribution:
+        metric(
+            "held_events",
+            "events of containers whose pod is not known yet, waiting for it",
+            "gauge",
+            [("", attribution["held"])],
+        )
+        metric(
+            "attributed_late_events_total",
+            "events that waited for their pod and left with its workload",
+            "counter",
+            [("", attribution["attributed_late"])],
+        )
+        metric(
+            "unattributed_events_total",
+            "events of Kubernetes containers that left without a pod (not known in time)",
+            "counter",
+            [("", attribution["unattributed"])],
+        )
     sink = counters.get("sink", {})
     for key in ("published", "acked", "spooled", "spool_dropped", "spool_bytes", "written"):
         if key in sink:

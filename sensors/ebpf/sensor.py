@@ -28,6 +28,7 @@ from sensors.ebpf import layout
 from sensors.ebpf.batch import JsonBatch
 from sensors.ebpf.cgroups import Attribution, CgroupIndex
 from sensors.ebpf.decode import BootClock, Decoder
+from sensors.ebpf.hold import AttributionHold
 from sensors.ebpf.loader import Probe, ProbeConfig
 from sensors.ebpf.native import NativeConsumer, load_library
 from sensors.publisher import Publisher, encode_event
@@ -137,6 +138,9 @@ class SensorOptions:
     #: read the ring with the C consumer (build/libcadrring.so) when it is built and the
     #: sink takes JSON; else (or without it) the pure Python consumer
     native: bool = True
+    #: how long events of a Kubernetes container whose pod the resolver does not know yet wait for
+    #: it (sensors.ebpf.hold); 0: never wait
+    attribution_hold_s: float = 10.0
 
 
 class EbpfSensor:
@@ -152,6 +156,7 @@ class EbpfSensor:
         self.attribution: Attribution | None = None
         self.decoder: Decoder | None = None
         self.native: NativeConsumer | None = None
+        self.hold: AttributionHold | None = None
         self._more = False
         self.user_drops_per_cpu: dict[int, int] = {}
         self.started_ns = 0
@@ -179,6 +184,8 @@ class EbpfSensor:
             generation=lambda: attribution.generation,
             on_cgroup=self._on_cgroup,
         )
+        if self.resolver is not None and self.options.attribution_hold_s > 0 and self.sink.wants_json:
+            self.hold = AttributionHold(attribution, hold_s=self.options.attribution_hold_s)
         lib = load_library() if self.options.native and self.sink.wants_json else None
         if lib is not None:
             self.native = NativeConsumer(
@@ -253,6 +260,7 @@ class EbpfSensor:
             self.ready.set()
             while not self._stop.is_set():
                 batch, nbytes = self.drain()
+                batch = self._attribute(batch)
                 if batch:
                     await self._deliver(batch)
                 now = loop.time()
@@ -275,13 +283,24 @@ class EbpfSensor:
             # what the kernel wrote before we stopped
             while True:
                 batch, nbytes = self.drain()
+                batch = self._attribute(batch)
                 if batch:
                     await self._deliver(batch)
                 if nbytes == 0:
                     break
+            if self.hold is not None and self.hold.held:
+                await self._deliver(JsonBatch.from_items(self.hold.flush()))
             await self.sink.send([(self.health_event("stopped"), self._host_key())])
         finally:
             loop.remove_reader(ring.wait_fd())
+
+    def _attribute(self, batch: Any) -> Any:
+        """Events of containers whose pod is not known yet wait in :attr:`hold`; held ones whose pod
+        became known (or whose time is up) join this batch, ahead of it."""
+        if self.hold is None or not self.hold.active():
+            return batch
+        items = batch.items() if batch else []
+        return JsonBatch.from_items(self.hold.process(items))
 
     async def _sleep(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         """Sleep until the timeout or a wake-up (cheaper than wait_for: no task per call)."""
@@ -343,8 +362,16 @@ class EbpfSensor:
             "ring_pending_bytes": self.probe.ring.pending(),
             "batches": self.batches,
             "consumer": "native" if self.native is not None else "python",
+            "attribution": self.attribution_counters(),
             "sink": sink,
         }
+
+    def attribution_counters(self) -> dict[str, int]:
+        """Events that waited for their pod: held now, released with their pod, released without."""
+        hold = self.hold
+        if hold is None:
+            return {"held": 0, "held_total": 0, "attributed_late": 0, "unattributed": 0, "overflow": 0}
+        return {"held": hold.held, **hold.counters}
 
     def health_event(self, state: str) -> Event:
         c = self.counters()
@@ -381,6 +408,7 @@ class EbpfSensor:
                     "opens_suppressed": c["kernel"]["open_suppressed"],
                     "ring_pending_bytes": c["ring_pending_bytes"],
                     "consumer": c["consumer"],
+                    "attribution": c["attribution"],
                     "sink": sink,
                     "started": self.started_ns,
                 },

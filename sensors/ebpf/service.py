@@ -145,6 +145,7 @@ async def run_ebpf_sensor(
             ),
             poll_interval_s=opts.poll_interval_s,
             health_interval_s=settings.sensor.health_interval_s,
+            attribution_hold_s=settings.sensor.attribution_hold_s,
         ),
         sink,
         resolver,

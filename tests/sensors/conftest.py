@@ -115,9 +115,21 @@ class LiveSensor:
             raise self._error
 
 
+class RecordingResolver(StaticWorkloadResolver):
+    """The pod watch's answers, remembering which containers the sensor asked about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def resolve(self, container_id: str) -> Workload | None:
+        self.asked.add(container_id)
+        return super().resolve(container_id)
+
+
 @pytest.fixture(scope="module")
-def resolver() -> StaticWorkloadResolver:
-    return StaticWorkloadResolver()
+def resolver() -> RecordingResolver:
+    return RecordingResolver()
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +194,9 @@ def make_container(resolver: StaticWorkloadResolver) -> Iterator[Callable[..., C
     registers its workload with the module's resolver."""
     roots: list[Path] = []
 
-    def make(name: str = "app", *, v1_controller: str | None = None, v2: bool = True) -> Container:
+    def make(
+        name: str = "app", *, v1_controller: str | None = None, v2: bool = True, register: bool = True
+    ) -> Container:
         cid = secrets.token_hex(32)
         uid = str(uuid.uuid4())
         top = f"cadr-test-{secrets.token_hex(4)}"
@@ -209,7 +223,8 @@ def make_container(resolver: StaticWorkloadResolver) -> Iterator[Callable[..., C
             workload_name=name,
             image=f"registry.local/{name}:1",
         )
-        resolver.add(f"containerd://{cid}", wl)
+        if register:  # else the test plays the pod watch: resolver.add(...) when the pod "arrives"
+            resolver.add(f"containerd://{cid}", wl)
         return Container(container_id=cid, pod_uid=uid, cgroup=cg, workload=wl, extra_cgroups=extra)
 
     yield make

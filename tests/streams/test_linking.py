@@ -50,3 +50,36 @@ def test_service_account_actor_is_the_kubernetes_user_name_everywhere() -> None:
     assert inc.actors == [Actor(kind="service_account", name=full)]
     assert full in inc.title and inc.summary.startswith(full)
     assert "shop:payments " not in inc.summary.replace(full, "")
+
+
+# -- events of a container seen before its pod reached the node's watch -------------------------------
+
+
+def test_enrich_names_the_pod_of_events_sent_with_the_container_id_alone() -> None:
+    """The node's sensor sent a container's events with its id alone (its pod watch did not know the pod
+    in time, or it has none); the audit intake knows the pod: enrich attributes the events by the id."""
+    node = Node()
+    shop(node)
+    pod = node.pod(
+        "shop", "payments-7d9f-abc12", owner=("ReplicaSet", "payments-7d9f"), ip="10.244.1.17", watched=False
+    )
+    node.cluster_pods.upsert("Pod", pod.obj)  # only the intake's watch has it
+    stages = Stages()
+    stages.feed([node.kubectl_exec("alice@example.com", pod, ["sh"], at=1)])
+    runc = node.process(None, comm="runc")
+    shell, exec_value = node.exec(runc, "/bin/sh", ["sh"], at=2, tty=True, pod=pod)
+    stages.feed([exec_value, node.open(shell, "/etc/shadow", at=3)])
+    shell_alert = next(a for a in stages.alerts if a.rule_id == "CADR-PROC-0001")
+    assert shell_alert.workload.pod == pod.name and shell_alert.workload.workload_name == "payments"
+    assert stages.enricher.counters["attributed_late"] == 2 and stages.enricher.counters["unattributed"] == 0
+    # and the kubectl exec session and the shell are one story
+    (story,) = stages.stories()
+    assert {"CADR-K8S-0001", "CADR-PROC-0001"} <= {a.rule_id for a in story.alerts}
+
+
+def test_enrich_counts_events_that_stay_without_a_pod() -> None:
+    node = Node()
+    pod = node.pod("shop", "lost-1", watched=False)
+    stages = Stages()
+    stages.feed([node.exec(node.process(pod), "/bin/ls", ["ls"], at=1)[1]])
+    assert stages.enricher.counters["unattributed"] == 1

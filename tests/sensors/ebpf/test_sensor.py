@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -234,6 +235,49 @@ def test_container_scenario(live_sensor, make_container, workdir: Path) -> None:
     # every event survives the wire contract
     for ev in [shell, wrote, ran, conn, acc, txt, su, pt, hw]:
         assert decode_event(encode_event(ev)) == ev
+
+
+def test_events_before_the_pod_is_known_get_its_workload(  # type: ignore[no-untyped-def]
+    live_sensor, make_container, resolver
+) -> None:
+    """A container's first processes run before the pod watch knows the container: their events wait
+    for the pod (sensors.ebpf.hold) and leave with its workload, not with the container id alone."""
+    late = make_container("late", register=False)
+    late.run(["/usr/bin/cat", "/etc/hostname"])
+    # the pod reaches the watch only after the sensor decoded the container's events and asked
+    deadline = time.monotonic() + 20
+    while late.container_id not in resolver.asked:
+        assert time.monotonic() < deadline, "the sensor never asked about the container"
+        time.sleep(0.05)
+    resolver.add(f"containerd://{late.container_id}", late.workload)
+    (ev,) = live_sensor.wait_for(
+        lambda ev: _in(late, ev) and ev.kind == "process_exec" and ev.process.exe == "/usr/bin/cat",
+        timeout=30,
+    )
+    assert (ev.workload.pod, ev.workload.namespace, ev.workload.workload_name) == (
+        late.workload.pod,
+        "shop",
+        "late",
+    ), ev.workload
+    assert ev.workload.container_id == late.container_id
+    opens = [
+        e
+        for e in live_sensor.events
+        if _in(late, e) and e.kind == "file_open" and e.file.path == "/etc/hostname"
+    ]
+    assert opens and all(e.workload.pod == late.workload.pod for e in opens)
+    assert live_sensor.sensor.counters()["attribution"]["attributed_late"] >= 2
+
+    # a container whose pod never comes: after the hold its events leave with the id alone, counted
+    before = live_sensor.sensor.counters()["attribution"]["unattributed"]
+    never = make_container("never", register=False)
+    never.run(["/usr/bin/true"])
+    (orphan,) = live_sensor.wait_for(
+        lambda ev: _in(never, ev) and ev.kind == "process_exec" and ev.process.exe == "/usr/bin/true",
+        timeout=40,
+    )
+    assert orphan.workload.pod == "" and orphan.workload.container_id == never.container_id
+    assert live_sensor.sensor.counters()["attribution"]["unattributed"] > before
 
 
 def test_exec_tty_and_stdio_socket(live_sensor, make_container, workdir: Path) -> None:  # type: ignore[no-untyped-def]
