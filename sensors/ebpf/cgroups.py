@@ -147,6 +147,18 @@ class Attribution:
         #: Kafka key -> container id of Kubernetes containers (their cgroup names a pod) the resolver
         #: did not know when asked: their events wait in :class:`~sensors.ebpf.hold.AttributionHold`
         self.pending: dict[bytes, str] = {}
+        self._resolver_version: object = getattr(resolver, "version", None)
+
+    def current_generation(self) -> int:
+        """:attr:`generation`, moved on when the resolver's answers may have changed (a resolver with a
+        ``version``, like the pod cache: a pod got its IP, new labels, another image): cached workloads
+        are dropped, so events stop carrying what the pod watch said when the container first ran."""
+        version = getattr(self.resolver, "version", None)
+        if version != self._resolver_version:
+            self._resolver_version = version
+            self._cache.clear()
+            self.generation += 1
+        return self.generation
 
     def container(self, cgroup_id: int, cgroup_v1: int = 0) -> ContainerRef | None:
         path = self.index.path(cgroup_id)
@@ -160,6 +172,7 @@ class Attribution:
         """(workload, Kafka key, expiry) of a record's cgroups; expiry is None for an answer
         that holds until the cgroup changes (see :attr:`generation`), else a monotonic time."""
         key = (cgroup_id, cgroup_v1)
+        self.current_generation()
         hit = self._cache.get(key)
         if hit is not None and (hit[2] is None or hit[2] > self._clock()):
             return hit

@@ -31,6 +31,7 @@ from sensors.ebpf.decode import BootClock, Decoder
 from sensors.ebpf.hold import AttributionHold
 from sensors.ebpf.loader import Probe, ProbeConfig
 from sensors.ebpf.native import NativeConsumer, load_library
+from sensors.ebpf.peers import PeerNames
 from sensors.publisher import Publisher, encode_event
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "PublisherSink",
     "SensorOptions",
     "Sink",
+    "attribute",
     "encode_event",
 ]
 
@@ -68,6 +70,17 @@ class Sink(Protocol):
     def counters(self) -> dict[str, int]: ...
 
     async def aclose(self) -> None: ...
+
+
+def attribute(batch: Any, hold: AttributionHold | None, peers: PeerNames | None) -> Any:
+    """A drained batch as the sink gets it: events of containers whose pod is not known yet wait in
+    ``hold`` (held ones whose pod became known, or whose time is up, join the batch ahead of it), and
+    connections get the workload at their other end (``peers``)."""
+    if hold is not None and hold.active():
+        batch = JsonBatch.from_items(hold.process(batch.items() if batch else []))
+    if peers is not None and isinstance(batch, JsonBatch) and peers.wanted(batch):
+        batch = JsonBatch.from_items(peers.process(batch.items()))
+    return batch
 
 
 class PublisherSink:
@@ -157,6 +170,7 @@ class EbpfSensor:
         self.decoder: Decoder | None = None
         self.native: NativeConsumer | None = None
         self.hold: AttributionHold | None = None
+        self.peers: PeerNames | None = None
         self._more = False
         self.user_drops_per_cpu: dict[int, int] = {}
         self.started_ns = 0
@@ -181,11 +195,14 @@ class EbpfSensor:
             self.options.node,
             self.clock,
             attribution.lookup,
-            generation=lambda: attribution.generation,
+            generation=attribution.current_generation,
             on_cgroup=self._on_cgroup,
         )
         if self.resolver is not None and self.options.attribution_hold_s > 0 and self.sink.wants_json:
             self.hold = AttributionHold(attribution, hold_s=self.options.attribution_hold_s)
+        peer_of = getattr(self.resolver, "peer_of", None)
+        if peer_of is not None and self.sink.wants_json:
+            self.peers = PeerNames(peer_of)
         lib = load_library() if self.options.native and self.sink.wants_json else None
         if lib is not None:
             self.native = NativeConsumer(
@@ -194,7 +211,7 @@ class EbpfSensor:
                 probe.ring.data,
                 probe.ring.fd,
                 probe.ring.size,
-                generation=lambda: attribution.generation,
+                generation=attribution.current_generation,
             )
         self.started_ns = time.time_ns()
 
@@ -295,12 +312,7 @@ class EbpfSensor:
             loop.remove_reader(ring.wait_fd())
 
     def _attribute(self, batch: Any) -> Any:
-        """Events of containers whose pod is not known yet wait in :attr:`hold`; held ones whose pod
-        became known (or whose time is up) join this batch, ahead of it."""
-        if self.hold is None or not self.hold.active():
-            return batch
-        items = batch.items() if batch else []
-        return JsonBatch.from_items(self.hold.process(items))
+        return attribute(batch, self.hold, self.peers)
 
     async def _sleep(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         """Sleep until the timeout or a wake-up (cheaper than wait_for: no task per call)."""

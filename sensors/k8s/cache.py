@@ -5,14 +5,17 @@ classes would cost ~100x more per watch event). The cache answers:
 
 - :meth:`PodCache.resolve` ``(container_id) -> Workload`` for the eBPF sensor (cgroup -> container id ->
   pod), satisfying ``sensors.containers.WorkloadResolver``;
-- :meth:`PodCache.by_ip` for connections between pods;
+- :meth:`PodCache.by_ip` / :meth:`PodCache.peer_of` for connections between pods, by pod IP or by a
+  Service's cluster IP (the workload of the pods its selector picks);
 - :meth:`PodCache.by_pod` for audit events about a pod (``kubectl exec`` targets).
 
 The workload of a pod is the top of its controller chain: Pod -> ReplicaSet -> Deployment,
 Pod -> Job -> CronJob, Pod -> StatefulSet / DaemonSet. ReplicaSets and Jobs come from their own watches;
 when one is not (yet) known the chain stops at what is known, except for Deployment-made ReplicaSets,
 which carry the ``pod-template-hash`` label and name the Deployment by prefix.
-Thread-safe: watch threads write, the event loop reads.
+Thread-safe: watch threads write, the event loop reads. :attr:`PodCache.version` changes whenever an
+answer may have changed (a pod's containers, IP, labels or owner; a Service), so callers that cache
+answers (the eBPF sensor's attribution) know to ask again.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from schemas.records import Workload
 
-__all__ = ["PodCache", "PodInfo", "strip_runtime"]
+__all__ = ["PodCache", "PodInfo", "ServiceInfo", "strip_runtime"]
 
 _MAX_CHAIN = 8  # owner references cannot loop in a sane cluster; bound it anyway
 
@@ -71,6 +74,32 @@ class PodInfo:
         )
 
 
+@dataclass(frozen=True)
+class ServiceInfo:
+    """A Service's cluster IPs and pod selector."""
+
+    namespace: str
+    name: str
+    cluster_ips: tuple[str, ...]
+    selector: tuple[tuple[str, str], ...]
+
+
+def _service_info(obj: dict[str, Any]) -> ServiceInfo:
+    meta = _meta(obj)
+    spec: dict[str, Any] = obj["spec"] if isinstance(obj.get("spec"), dict) else {}
+    ips = [str(ip) for ip in spec.get("clusterIPs") or [] if ip and ip != "None"]
+    if not ips and spec.get("clusterIP") and spec.get("clusterIP") != "None":
+        ips = [str(spec["clusterIP"])]
+    raw_selector = spec.get("selector")
+    selector: dict[str, Any] = raw_selector if isinstance(raw_selector, dict) else {}
+    return ServiceInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        cluster_ips=tuple(ips),
+        selector=tuple(sorted((str(k), str(v)) for k, v in selector.items())),
+    )
+
+
 def _meta(obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj.get("metadata")
     return meta if isinstance(meta, dict) else {}
@@ -95,18 +124,33 @@ class PodCache:
         self._info: dict[tuple[str, str], PodInfo] = {}
         self._by_container: dict[str, tuple[tuple[str, str], str]] = {}  # id -> (pod key, container name)
         self._by_ip: dict[str, tuple[str, str]] = {}
+        self._services: dict[tuple[str, str], ServiceInfo] = {}
+        self._by_service_ip: dict[str, tuple[str, str]] = {}
+        self._peers: dict[str, str] = {}  # ip -> peer key, for this version
+        #: bumped when an answer may have changed (see the module doc)
+        self.version = 0
 
     # -- writes (watch threads) -----------------------------------------------------------------
 
     def upsert(self, kind: str, obj: dict[str, Any]) -> None:
-        """Add or replace one object (kind ``Pod``, ``ReplicaSet`` or ``Job``)."""
+        """Add or replace one object (kind ``Pod``, ``ReplicaSet``, ``Job`` or ``Service``)."""
         meta = _meta(obj)
         key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         with self._lock:
             if kind == "Pod":
+                before = self._info.get(key)
                 self._drop_pod_index(key)
                 self._pods[key] = obj
                 self._index_pod(key)
+                if self._info.get(key) != before:
+                    self._changed()
+            elif kind == "Service":
+                self._drop_service(key)
+                info = _service_info(obj)
+                self._services[key] = info
+                for ip in info.cluster_ips:
+                    self._by_service_ip[ip] = key
+                self._changed()
             else:
                 self._owners[(kind, *key)] = obj
                 self._reindex_owned(key[0], (kind, key[1]))
@@ -118,12 +162,22 @@ class PodCache:
             if kind == "Pod":
                 self._drop_pod_index(key)
                 self._pods.pop(key, None)
+            elif kind == "Service":
+                self._drop_service(key)
             else:
                 self._owners.pop((kind, *key), None)
+            self._changed()
 
     def replace(self, kind: str, items: list[dict[str, Any]]) -> None:
         """Replace every object of ``kind`` with a fresh list (after a LIST or a relist on 410 Gone)."""
         with self._lock:
+            self._changed()
+            if kind == "Service":
+                for key in list(self._services):
+                    self._drop_service(key)
+                for obj in items:
+                    self.upsert("Service", obj)
+                return
             if kind == "Pod":
                 for key in list(self._pods):
                     self._drop_pod_index(key)
@@ -143,6 +197,18 @@ class PodCache:
                     self._reindex_owned(ns)
 
     # -- indexes -------------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._peers.clear()
+
+    def _drop_service(self, key: tuple[str, str]) -> None:
+        info = self._services.pop(key, None)
+        if info is None:
+            return
+        for ip in info.cluster_ips:
+            if self._by_service_ip.get(ip) == key:
+                del self._by_service_ip[ip]
 
     def _drop_pod_index(self, key: tuple[str, str]) -> None:
         info = self._info.pop(key, None)
@@ -171,8 +237,11 @@ class PodCache:
             info = self._info.get(key)
             if owner is not None and info is not None and owner not in info.owner_chain:
                 continue
+            before = self._info.get(key)
             self._drop_pod_index(key)
             self._index_pod(key)
+            if self._info.get(key) != before:
+                self._changed()
 
     def _chain(self, namespace: str, pod: dict[str, Any]) -> list[tuple[str, str]]:
         chain: list[tuple[str, str]] = []
@@ -246,6 +315,34 @@ class PodCache:
         with self._lock:
             key = self._by_ip.get(ip)
             return self._info[key].workload(self.cluster) if key is not None else None
+
+    def peer_of(self, ip: str) -> str:
+        """The workload key behind an address: a pod's own IP, or a Service's cluster IP (the one
+        workload its selector picks among the pods known here; the Service's own key
+        ``<cluster>/<ns>/Service/<name>`` when that is none or several). "" when unknown."""
+        with self._lock:
+            found = self._peers.get(ip)
+            if found is not None:
+                return found
+            key = self._by_ip.get(ip)
+            if key is not None:
+                found = self._info[key].workload(self.cluster).key()
+            else:
+                skey = self._by_service_ip.get(ip)
+                found = self._service_workload(self._services[skey]) if skey is not None else ""
+            if len(self._peers) < 65536:
+                self._peers[ip] = found
+            return found
+
+    def _service_workload(self, svc: ServiceInfo) -> str:
+        keys: set[str] = set()
+        if svc.selector:
+            for (ns, _), info in self._info.items():
+                if ns == svc.namespace and all(info.labels.get(k) == v for k, v in svc.selector):
+                    keys.add(info.workload(self.cluster).key())
+        if len(keys) == 1:
+            return keys.pop()
+        return f"{self.cluster}/{svc.namespace}/Service/{svc.name}"
 
     def by_pod(self, namespace: str, name: str, container: str = "") -> Workload | None:
         """The pod's workload; with ``container``, that container's id and image too."""

@@ -1,6 +1,6 @@
 """Keep a :class:`~sensors.k8s.cache.PodCache` fresh with list + watch through the ``kubernetes`` client.
 
-One thread per resource (pods, replicasets, jobs): LIST (remember ``resourceVersion``), then WATCH from it;
+One thread per resource (pods, replicasets, jobs, services): LIST (remember ``resourceVersion``), then WATCH from it;
 on ``410 Gone`` / an ``ERROR`` event / a dropped connection it lists again (after a bounded backoff), so
 the cache never silently misses a change. Responses are read raw (``_preload_content=False``) and parsed
 with orjson: the client's model classes are far too slow for a watch stream.
@@ -70,6 +70,9 @@ class _Resource:
     kind: str
     list_fn: Callable[..., Any]
     field_selector: str = ""
+    #: :meth:`PodWatcher.wait_synced` waits for it (Services only name connection peers: an API server
+    #: that does not serve them must not hold the sensor back)
+    required: bool = True
 
 
 class PodWatcher:
@@ -98,10 +101,12 @@ class PodWatcher:
             ),
             _Resource("ReplicaSet", apps.list_replica_set_for_all_namespaces),
             _Resource("Job", batch.list_job_for_all_namespaces),
+            _Resource("Service", core.list_service_for_all_namespaces, required=False),
         ]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._synced = {r.kind: threading.Event() for r in self._resources}
+        self._required = [self._synced[r.kind] for r in self._resources if r.required]
         self._responses: dict[str, Any] = {}
         self.relists = dict.fromkeys(self._synced, 0)
         self.events = dict.fromkeys(self._synced, 0)
@@ -115,7 +120,7 @@ class PodWatcher:
     def wait_synced(self, timeout_s: float) -> bool:
         """True once every resource has been listed at least once (bounded wait)."""
         deadline = time.monotonic() + timeout_s
-        return all(ev.wait(max(0.0, deadline - time.monotonic())) for ev in self._synced.values())
+        return all(ev.wait(max(0.0, deadline - time.monotonic())) for ev in self._required)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()

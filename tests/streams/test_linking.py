@@ -83,3 +83,53 @@ def test_enrich_counts_events_that_stay_without_a_pod() -> None:
     stages = Stages()
     stages.feed([node.exec(node.process(pod), "/bin/ls", ["ls"], at=1)[1]])
     assert stages.enricher.counters["unattributed"] == 1
+
+
+# -- pod IPs and the workload at the other end of a connection ----------------------------------------
+
+
+def test_ebpf_events_carry_the_pod_ip_once_the_pod_watch_has_it() -> None:
+    """kubelet reports a container's id before (or without) the pod's IP; the sensor must not keep
+    the first answer for the container's lifetime."""
+    node = Node()
+    pod = node.pod("shop", "api-1", service_account="api")  # running, no IP reported yet
+    app = node.process(pod)
+    stages = Stages()
+    stages.feed([node.exec(app, "/bin/sleep", ["sleep", "1"], at=1)[1]])
+    assert stages.events[-1].workload.pod == "api-1" and stages.events[-1].workload.pod_ip == ""
+    node.watch(
+        pod,
+        {
+            **pod.obj,
+            "status": {**pod.obj["status"], "podIP": "10.244.1.30", "podIPs": [{"ip": "10.244.1.30"}]},
+        },
+    )
+    stages.feed([node.exec(app, "/bin/sleep", ["sleep", "2"], at=2)[1], node.open(app, "/etc/hosts", at=3)])
+    assert [e.workload.pod_ip for e in stages.events[-2:]] == ["10.244.1.30", "10.244.1.30"]
+
+
+def test_connections_between_pods_name_the_peer_workload_without_any_rule() -> None:
+    node = Node()
+    front = node.pod(
+        "web", "front-1", owner=("StatefulSet", "front"), ip="10.244.1.40", labels={"app": "front"}
+    )
+    db = node.pod("data", "db-0", owner=("StatefulSet", "db"), ip="10.244.1.50", labels={"app": "db"})
+    node.service("data", "db", "10.96.0.50", {"app": "db"})
+    client, server = node.process(front, comm="front"), node.process(db, comm="postgres")
+    stages = Stages()
+    alerts = stages.feed(
+        [
+            node.connect(client, front.ip, (db.ip, 5432), at=1),
+            node.connect(client, front.ip, ("10.96.0.50", 5432), at=2),  # through the Service
+            node.accept(server, (db.ip, 5432), front.ip, at=2.1),
+            node.connect(client, front.ip, ("203.0.113.9", 443), at=3),  # not a pod
+        ]
+    )
+    nets = sorted((e for e in stages.events if e.network is not None), key=lambda e: e.time)
+    assert [e.network.peer_workload for e in nets] == [  # type: ignore[union-attr]
+        "prod/data/StatefulSet/db",
+        "prod/data/StatefulSet/db",
+        "prod/web/StatefulSet/front",
+        "",
+    ]
+    assert alerts == []  # the edges exist without any rule firing on them

@@ -63,6 +63,7 @@ class FakeApiServer:
                     "/api/v1/pods": "pods",
                     "/apis/apps/v1/replicasets": "rs",
                     "/apis/batch/v1/jobs": "jobs",
+                    "/api/v1/services": "services",
                 }
                 kind = resource.get(url.path)
                 if kind is None:
@@ -71,7 +72,11 @@ class FakeApiServer:
                 if query.get("watch") == ["true"]:
                     self._watch(kind)
                     return
-                name = {"rs": "replicasets-list.json", "jobs": "jobs-list.json"}.get(kind)
+                name = {
+                    "rs": "replicasets-list.json",
+                    "jobs": "jobs-list.json",
+                    "services": "services-list.json",
+                }.get(kind)
                 if name is None:
                     with server.lock:
                         name = server.pod_lists.pop(0) if len(server.pod_lists) > 1 else server.pod_lists[0]
@@ -139,6 +144,9 @@ def test_list_watch_410_relist(api_server: tuple[FakeApiServer, str]) -> None:
         assert web is not None and web.workload_name == "web"
         job = cache.resolve("2b" * 32)
         assert job is not None and (job.workload_kind, job.workload_name) == ("CronJob", "nightly-backup")
+        # Services name connection peers: the web Service's cluster IP is the web Deployment
+        assert _wait_for(lambda: cache.peer_of("10.96.12.7") == "c1/shop/Deployment/web")
+        assert cache.peer_of("10.244.1.11") == "c1/shop/Deployment/api"
     finally:
         watcher.stop()
     pod_requests = [r for r in fake.requests if r.startswith("/api/v1/pods")]
