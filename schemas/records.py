@@ -241,6 +241,10 @@ class Audit(Struct, kw_only=True, gc=False, omit_defaults=True):
     # host namespaces, images, role rules, binding subjects, configmap keys ...), normalized
     # by sensors.audit so rules never dig through raw Kubernetes objects.
     request: dict[ShortStr, Any] = {}
+    #: the workload that made the call (the event's ``workload`` is the object it targets): the pod
+    #: whose IP the call came from, or, for a service account whose pods all belong to one workload,
+    #: that workload (without a pod). Absent when nothing says.
+    actor_workload: Workload | None = None
 
 
 class SensorHealth(Struct, kw_only=True, gc=False, omit_defaults=True):

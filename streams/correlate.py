@@ -103,6 +103,14 @@ def _pod_key(w: Workload) -> str:
     return f"pod:{w.cluster}/{w.namespace}/{w.pod}" if w.pod else ""
 
 
+def _actor_pod(e: Event) -> str:
+    """The pod an API call came from (``audit.actor_workload``), as a link key."""
+    actor = e.audit.actor_workload if e.audit is not None else None
+    if actor is None or not actor.pod:
+        return ""
+    return f"pod:{actor.cluster or e.workload.cluster}/{actor.namespace}/{actor.pod}"
+
+
 def _audit_target_pod(e: Event) -> str:
     a = e.audit
     if a is None or a.resource != "pods" or not a.name:
@@ -148,6 +156,10 @@ class Correlator:
                 sa = a.user.removeprefix("system:serviceaccount:")
                 probes.append((f"sa:{w.cluster}/{sa}", "token_api"))
                 probes.extend((f"ip:{w.cluster}/{ip}", "token_api") for ip in a.source_ips)
+            actor = _actor_pod(e)
+            if actor:
+                # the call came from a pod: it joins what happens in that pod
+                probes.append((actor, "token_api"))
         else:
             if w.pod:
                 probes.append((_pod_key(w), "same_pod"))
@@ -184,6 +196,9 @@ class Correlator:
                 sa = e.audit.user.removeprefix("system:serviceaccount:")
                 regs.append((f"sa:{w.cluster}/{sa}", "token_api"))
                 regs.extend((f"ip:{w.cluster}/{ip}", "token_api") for ip in e.audit.source_ips)
+            actor = _actor_pod(e)
+            if actor:
+                regs.append((actor, "token_api"))
         else:
             if w.pod:
                 regs.append((_pod_key(w), "same_pod"))
@@ -212,7 +227,9 @@ class Correlator:
             if found is None or state.incident.first_seen < found.incident.first_seen:
                 found = state
             if state is found:
-                threads.add(link.thread if link.thread != "same_pod" or thread == "same_pod" else thread)
+                # the probe says why this alert joins; "same pod" is the weakest reason, so the link's
+                # own thread (an exec session into that pod, say) says it better
+                threads.add(link.thread if thread == "same_pod" else thread)
         return found, threads
 
     # -- the stage -------------------------------------------------------------------------
@@ -293,6 +310,8 @@ class Correlator:
         inc.first_seen = min(inc.first_seen, alert.first_seen)
         inc.last_seen = max(inc.last_seen, alert.last_seen)
         _merge_workload(inc.workloads, alert.workload)
+        if alert.event is not None and alert.event.audit is not None and alert.event.audit.actor_workload:
+            _merge_workload(inc.workloads, alert.event.audit.actor_workload)
         for actor in alert.actors:
             if actor not in inc.actors:
                 inc.actors.append(actor)

@@ -79,9 +79,10 @@ class Enricher:
         self.cluster = cluster
         self.max_record_bytes = max_record_bytes
         self.lookup = lookup
-        # pod IP -> workload key, learned from events that carry the pod's own IP; lets a
-        # connection name its peer workload (lateral movement) without an API round trip.
-        self._ip_to_workload: OrderedDict[str, str] = OrderedDict()
+        # pod IP -> workload block, learned from events that carry the pod's own IP; lets a connection
+        # name its peer workload (lateral movement) and an API call its acting pod without an API
+        # round trip, when the sensors could not.
+        self._ip_to_workload: OrderedDict[str, Workload] = OrderedDict()
         self._ip_cache_size = ip_cache_size
         # container id -> its pod's workload block, learned from events that name both (another node's
         # sensor, an audit event about the pod): names the pod of events a sensor sent with the container
@@ -111,12 +112,22 @@ class Enricher:
         elif wl.container_id and wl.pod:
             self._remember_container(wl)
         if wl.pod_ip and not wl.is_host:
-            self._remember_ip(wl.pod_ip, wl.key())
+            self._remember_ip(wl.pod_ip, wl)
         net = event.network
         if net is not None and net.dst_ip and not net.peer_workload:
             peer = self._ip_to_workload.get(net.dst_ip)
-            if peer is not None and peer != wl.key():
-                net.peer_workload = peer
+            if peer is not None and peer.key() != wl.key():
+                net.peer_workload = peer.key()
+        audit = event.audit
+        if audit is not None and audit.actor_workload is None and audit.source_ips:
+            # the intake had no pod cache (or no answer): a call from a pod IP seen in other events
+            for ip in audit.source_ips:
+                actor = self._ip_to_workload.get(ip)
+                if actor is not None:
+                    audit.actor_workload = msgspec.structs.replace(
+                        actor, container="", container_id="", image=""
+                    )
+                    break
         event.enriched = True
         return event
 
@@ -128,12 +139,11 @@ class Enricher:
         if len(cache) > self._container_cache_size:
             cache.popitem(last=False)
 
-    def _remember_ip(self, ip: str, key: str) -> None:
+    def _remember_ip(self, ip: str, wl: Workload) -> None:
         cache = self._ip_to_workload
-        if cache.get(ip) == key:
+        if ip in cache:
             cache.move_to_end(ip)
-            return
-        cache[ip] = key
+        cache[ip] = wl  # the newest block: the pod behind an IP changes when pods come and go
         if len(cache) > self._ip_cache_size:
             cache.popitem(last=False)
 

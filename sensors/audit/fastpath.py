@@ -30,6 +30,7 @@ from sensors.audit.normalize import (
     _query,
     _short,
     _target_workload,
+    actor_workload,
     event_id_for,
     parse_time_ns,
 )
@@ -166,6 +167,7 @@ def normalize_typed(
         reason=annotations.get("authorization.k8s.io/reason", ""),
         request=request,
     )
+    audit.actor_workload = actor_workload(pods, audit.user, audit.source_ips)
     return Event(
         event_id=event_id_for(raw.auditID, stage),
         time=time_ns,

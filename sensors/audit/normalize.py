@@ -21,7 +21,7 @@ from schemas.records import Audit, Event, EventKind, Source, Workload
 from sensors.audit.errors import AuditFormatError
 from sensors.audit.request import extract_request, owner_workload
 
-__all__ = ["PodLookup", "event_id_for", "normalize", "parse_time_ns"]
+__all__ = ["PodLookup", "actor_workload", "event_id_for", "normalize", "parse_time_ns"]
 
 _MAX_SHORT = 4096
 _MAX_PATH = 8192
@@ -39,9 +39,18 @@ _WORKLOAD_KINDS = {
 
 
 class PodLookup(Protocol):
-    """What the normalizer asks the pod metadata cache (``sensors.k8s``) about a target pod."""
+    """What the normalizer asks the pod metadata cache (``sensors.k8s``) about a target pod.
+
+    A lookup that also has ``actor_of(user, source_ips) -> Workload | None`` (the pod cache does)
+    names the workload that made each call (``audit.actor_workload``)."""
 
     def by_pod(self, namespace: str, name: str, container: str = "") -> Workload | None: ...
+
+
+def actor_workload(pods: PodLookup | None, user: str, source_ips: list[str]) -> Workload | None:
+    """The workload that made a call, when the lookup can tell (see :class:`PodLookup`)."""
+    find = getattr(pods, "actor_of", None)
+    return find(user, source_ips) if find is not None and user else None
 
 
 def _short(value: Any, limit: int = _MAX_SHORT) -> str:
@@ -229,6 +238,7 @@ def normalize(
         reason=_short(annotations.get("authorization.k8s.io/reason"), _MAX_PATH),
         request=request,
     )
+    audit.actor_workload = actor_workload(pods, audit.user, audit.source_ips)
     return Event(
         event_id=event_id_for(audit_id, stage),
         time=time_ns,

@@ -7,7 +7,9 @@ classes would cost ~100x more per watch event). The cache answers:
   pod), satisfying ``sensors.containers.WorkloadResolver``;
 - :meth:`PodCache.by_ip` / :meth:`PodCache.peer_of` for connections between pods, by pod IP or by a
   Service's cluster IP (the workload of the pods its selector picks);
-- :meth:`PodCache.by_pod` for audit events about a pod (``kubectl exec`` targets).
+- :meth:`PodCache.by_pod` for audit events about a pod (``kubectl exec`` targets);
+- :meth:`PodCache.actor_of` for the workload that made an API call (its source IP is a pod's, or the
+  service account's token belongs to the pods of one workload).
 
 The workload of a pod is the top of its controller chain: Pod -> ReplicaSet -> Deployment,
 Pod -> Job -> CronJob, Pod -> StatefulSet / DaemonSet. ReplicaSets and Jobs come from their own watches;
@@ -124,6 +126,7 @@ class PodCache:
         self._info: dict[tuple[str, str], PodInfo] = {}
         self._by_container: dict[str, tuple[tuple[str, str], str]] = {}  # id -> (pod key, container name)
         self._by_ip: dict[str, tuple[str, str]] = {}
+        self._by_sa: dict[tuple[str, str], set[tuple[str, str]]] = {}  # (ns, service account) -> pods
         self._services: dict[tuple[str, str], ServiceInfo] = {}
         self._by_service_ip: dict[str, tuple[str, str]] = {}
         self._peers: dict[str, str] = {}  # ip -> peer key, for this version
@@ -220,6 +223,11 @@ class PodCache:
         for ip in info.pod_ips:
             if self._by_ip.get(ip) == key:
                 del self._by_ip[ip]
+        pods = self._by_sa.get((info.namespace, info.service_account))
+        if pods is not None:
+            pods.discard(key)
+            if not pods:
+                del self._by_sa[(info.namespace, info.service_account)]
 
     def _index_pod(self, key: tuple[str, str]) -> None:
         info = self._derive(self._pods[key])
@@ -230,6 +238,7 @@ class PodCache:
         if not info.host_network:  # host-network pods share the node's IP: not a pod identity
             for ip in info.pod_ips:
                 self._by_ip[ip] = key
+        self._by_sa.setdefault((info.namespace, info.service_account), set()).add(key)
 
     def _reindex_owned(self, namespace: str, owner: tuple[str, str] | None = None) -> None:
         # An owner arrived or changed: recompute the workload of the pods whose chain passes through it.
@@ -343,6 +352,33 @@ class PodCache:
         if len(keys) == 1:
             return keys.pop()
         return f"{self.cluster}/{svc.namespace}/Service/{svc.name}"
+
+    def actor_of(self, user: str, source_ips: list[str]) -> Workload | None:
+        """The workload that made an API call: the pod whose IP the call came from; else, for a service
+        account, the workload whose pods run as it when they are all of one workload (no pod named:
+        the token may be used from anywhere). None when neither says."""
+        with self._lock:
+            for ip in source_ips:
+                key = self._by_ip.get(ip)
+                if key is not None:
+                    return self._info[key].workload(self.cluster)
+            prefix = "system:serviceaccount:"
+            if not user.startswith(prefix):
+                return None
+            namespace, _, name = user[len(prefix) :].partition(":")
+            infos = [self._info[k] for k in self._by_sa.get((namespace, name), ()) if k in self._info]
+            kinds = {(i.workload_kind, i.workload_name) for i in infos}
+            if len(kinds) != 1:
+                return None
+            (kind, wname), info = kinds.pop(), infos[0]
+            return Workload(
+                cluster=self.cluster,
+                namespace=namespace,
+                workload_kind=kind,
+                workload_name=wname,
+                service_account=name,
+                labels=dict(info.labels) if len(infos) == 1 else {},
+            )
 
     def by_pod(self, namespace: str, name: str, container: str = "") -> Workload | None:
         """The pod's workload; with ``container``, that container's id and image too."""

@@ -133,3 +133,57 @@ def test_connections_between_pods_name_the_peer_workload_without_any_rule() -> N
         "",
     ]
     assert alerts == []  # the edges exist without any rule firing on them
+
+
+# -- the workload that made an API call ----------------------------------------------------------------
+
+
+def test_an_api_call_from_a_pod_carries_the_acting_workload_and_joins_its_story() -> None:
+    node = Node()
+    shop(node)
+    pod = node.pod(
+        "shop",
+        "payments-7d9f-abc12",
+        owner=("ReplicaSet", "payments-7d9f"),
+        service_account="payments",
+        ip="10.244.1.17",
+    )
+    other = node.pod(
+        "shop", "cart-1", owner=("StatefulSet", "cart"), service_account="cart", ip="10.244.1.18"
+    )
+    stages = Stages()
+    runc = node.process(None, comm="runc")
+    _, shell_exec = node.exec(runc, "/bin/bash", ["bash"], at=2, tty=True, pod=pod)
+    stages.feed([node.kubectl_exec("alice@example.com", pod, ["bash"], at=1), shell_exec])
+    # the pod's service account lists secrets from the pod's IP: no token read was alerted on
+    stages.feed([node.api(pod.user, "list", "secrets", at=20, namespace="shop", source_ips=[pod.ip])])
+    api = next(e for e in stages.events if e.audit is not None and e.audit.resource == "secrets")
+    assert api.audit is not None and api.audit.actor_workload is not None
+    actor = api.audit.actor_workload
+    assert (actor.namespace, actor.pod, actor.workload_name, actor.service_account) == (
+        "shop",
+        pod.name,
+        "payments",
+        "payments",
+    )
+    (story,) = stages.stories()
+    assert {"CADR-K8S-0001", "CADR-PROC-0001", "CADR-K8S-0028"} <= {a.rule_id for a in story.alerts}
+    assert "token_api" in story.threads
+    assert pod.name in {w.pod for w in story.workloads}
+    # the same service account's token used from another pod: that pod is the actor
+    stages.feed(
+        [node.api(pod.user, "get", "secrets", at=30, namespace="shop", name="db", source_ips=[other.ip])]
+    )
+    stolen = [e for e in stages.events if e.audit is not None and e.audit.verb == "get"][-1]
+    assert stolen.audit is not None and stolen.audit.actor_workload is not None
+    assert stolen.audit.actor_workload.pod == "cart-1"
+
+
+def test_a_service_account_of_one_workload_names_it_when_the_ip_is_no_pod() -> None:
+    node = Node()
+    pod = node.pod("shop", "api-1", owner=("StatefulSet", "api"), service_account="api", ip="10.244.1.9")
+    stages = Stages()
+    stages.feed([node.api(pod.user, "list", "secrets", at=5, namespace="shop", source_ips=["198.51.100.7"])])
+    (event,) = stages.events
+    assert event.audit is not None and event.audit.actor_workload is not None
+    assert (event.audit.actor_workload.workload_name, event.audit.actor_workload.pod) == ("api", "")

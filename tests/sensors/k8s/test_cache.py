@@ -113,3 +113,25 @@ def test_an_owner_arriving_after_its_pods_fixes_their_workload() -> None:
 
 def test_strip_runtime() -> None:
     assert strip_runtime("cri-o://abc") == "abc" and strip_runtime("abc") == "abc"
+
+
+def test_actor_of_names_the_pod_behind_a_source_ip_or_the_one_workload_of_a_service_account() -> None:
+    cache = _cache()
+    web = cache.actor_of("system:serviceaccount:shop:web", ["10.244.1.5"])
+    assert web is not None and (web.pod, web.workload_name) == ("web-7d9f8b6c5d-x2x7q", "web")
+    # any user calling from a pod's IP: that pod acted
+    assert (cache.actor_of("alice", ["10.244.1.9"]) or web).pod == "debug"
+    # not from a pod: the service account's pods are all of one workload (no pod named)
+    sa = cache.actor_of("system:serviceaccount:shop:web", ["198.51.100.7"])
+    assert sa is not None and (sa.pod, sa.workload_kind, sa.workload_name) == ("", "Deployment", "web")
+    # shop:default runs db-0 and the cart pods: which one acted cannot be told
+    assert cache.actor_of("system:serviceaccount:shop:default", ["198.51.100.7"]) is None
+    assert cache.actor_of("alice", ["198.51.100.7"]) is None
+    assert (
+        cache.actor_of("system:serviceaccount:kube-system:kube-proxy", ["192.168.49.2"]) is not None
+    )  # by SA
+    web_pod = next(p for p in _items("pods-list-1.json") if p["metadata"]["name"].startswith("web-"))
+    version = cache.version
+    cache.delete("Pod", web_pod)
+    assert cache.version > version
+    assert cache.actor_of("system:serviceaccount:shop:web", ["10.244.1.5"]) is None
