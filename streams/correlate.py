@@ -41,6 +41,7 @@ from schemas.records import (
 )
 from schemas.settings import CorrelateSettings
 from streams import story
+from streams.detect import TOKEN_TAG
 
 if TYPE_CHECKING:
     from streams.app import CadrApp
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 _MAX_TIMELINE = 300
 _MAX_ALERTS = 1000
 _SESSION_SUBRESOURCES = {"exec", "attach", "portforward"}
-_TOKEN_TAG = "sa_token"
 
 
 class Link(msgspec.Struct, kw_only=True):
@@ -167,7 +167,7 @@ class Correlator:
                 probes.append((f"peer:{w.key()}", "lateral"))
             # the other orders: the API call or the peer's activity may have been seen first
             # (events of different workloads travel on different partitions)
-            if _TOKEN_TAG in alert.tags:
+            if TOKEN_TAG in alert.tags:
                 if w.service_account and w.namespace:
                     probes.append((f"sa:{w.cluster}/{w.namespace}:{w.service_account}", "token_api"))
                 if w.pod_ip:
@@ -204,7 +204,7 @@ class Correlator:
                 regs.append((_pod_key(w), "same_pod"))
             if not w.is_host:
                 regs.append((f"wl:{w.key()}", "lateral"))
-            if _TOKEN_TAG in alert.tags:
+            if TOKEN_TAG in alert.tags:
                 if w.service_account and w.namespace:
                     regs.append((f"sa:{w.cluster}/{w.namespace}:{w.service_account}", "token_api"))
                 if w.pod_ip:

@@ -24,13 +24,16 @@ from streams.rules import EvalContext, Match, RuleSet, load_rules
 if TYPE_CHECKING:
     from streams.app import CadrApp
 
-__all__ = ["DetectState", "Detector", "actors_of", "register", "scan_events"]
+__all__ = ["TOKEN_TAG", "DetectState", "Detector", "actors_of", "register", "scan_events"]
 
 log = logging.getLogger(__name__)
 
 _ANCESTRY_DEPTH = 8
 #: most event times remembered per repeat key: a threshold rule counts to a small number
 _MAX_REPEATS = 256
+#: the tag of an alert whose event reads a service-account token
+TOKEN_TAG = "sa_token"
+_TOKEN_READ = "opened_file and sa_token_file and not write_open"
 
 
 class DetectState:
@@ -127,6 +130,15 @@ class Detector:
         )
         self._open: Lru[str, _Open] = Lru(100_000)
         self._cooldown_ns = int(self.settings.cooldown_s * 1e9)
+        # an alert whose event reads a service-account token, whichever rule fired (a shell's read, an
+        # anomaly on the token file ...), carries the tag correlation links later API calls by
+        # (streams.correlate); "token file" is the rules' own macro, so it has one definition
+        compiler = self.rules.compiler
+        self._reads_token = (
+            compiler.compile(_TOKEN_READ)
+            if compiler is not None and "sa_token_file" in compiler.macros
+            else None
+        )
         self.counters = {"events": 0, "matches": 0, "alerts": 0, "suppressed": 0}
 
     def process(self, event: Event) -> list[Alert]:
@@ -183,6 +195,13 @@ class Detector:
             wrote = self.state.write_event(event, event.process.exe)
             if wrote is not None:
                 context.append(wrote)
+        tags = [rule.tactic, *rule.tags] if rule.tactic else list(rule.tags)
+        if (
+            TOKEN_TAG not in tags
+            and self._reads_token is not None
+            and self._reads_token(EvalContext(event=event))
+        ):
+            tags.append(TOKEN_TAG)
         return Alert(
             alert_id=alert_id,
             rule_id=rule.id,
@@ -200,7 +219,7 @@ class Detector:
             actors=actors_of(event),
             event=event,
             context=context,
-            tags=[rule.tactic, *rule.tags] if rule.tactic else list(rule.tags),
+            tags=tags,
             rule_author=rule.author,
         )
 

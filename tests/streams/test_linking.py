@@ -7,8 +7,9 @@ kube-apiserver's wire format. They flow through enrich → detect → correlate 
 
 from __future__ import annotations
 
+from cadr.config import Settings
 from schemas.records import Actor
-from tests.shapes import Node, Stages
+from tests.shapes import TOKEN, Node, Stages
 
 
 def shop(node: Node) -> None:
@@ -187,3 +188,35 @@ def test_a_service_account_of_one_workload_names_it_when_the_ip_is_no_pod() -> N
     (event,) = stages.events
     assert event.audit is not None and event.audit.actor_workload is not None
     assert (event.audit.actor_workload.workload_name, event.audit.actor_workload.pod) == ("api", "")
+
+
+# -- a token read by any process of a pod ----------------------------------------------------------------
+
+
+def learned(window_s: float = 60) -> Stages:
+    settings = Settings(cluster="prod")
+    settings.detect.learning_window_s = window_s
+    return Stages(settings)
+
+
+def test_the_apps_own_read_of_its_token_links_to_api_calls_made_with_it() -> None:
+    """Not a shell, not cat: the workload's own process reads its token (an anomaly: it never did while
+    its profile was learned), and the token is then used against the API from outside the cluster."""
+    node = Node()
+    pod = node.pod("shop", "api-1", owner=("StatefulSet", "api"), service_account="api", ip="10.244.1.9")
+    stages = learned(60)
+    app = node.process(pod, comm="python3")
+    main, main_exec = node.exec(app, "/usr/bin/python3", ["python3", "/app/main.py"], at=1)
+    stages.feed(
+        [main_exec, node.open(main, "/app/config.yaml", at=2), node.open(main, "/app/config.yaml", at=61)]
+    )
+    assert stages.alerts == []
+    stages.feed([node.open(main, TOKEN, at=100)])
+    (read,) = stages.alerts
+    assert read.rule_id == "CADR-ANOM-0003" and "sa_token" in read.tags
+    stages.feed(
+        [node.api(pod.user, "list", "secrets", at=160, namespace="shop", source_ips=["198.51.100.7"])]
+    )
+    story = stages.story_of("CADR-K8S-0028")
+    assert {a.rule_id for a in story.alerts} == {"CADR-ANOM-0003", "CADR-K8S-0028"}
+    assert "token_api" in story.threads and "token_api" in {e.kind for e in story.edges}
