@@ -326,6 +326,9 @@ class Alert(Struct, kw_only=True, gc=False):
     tags: StrList = []
     #: the rule's author when its licence requires attribution with every match (imported Sigma rules, DRL 1.1)
     rule_author: ShortStr = ""
+    #: connections into this workload from other workloads shortly before (their latest per source
+    #: workload, newest first): how an attacker may have come here (correlation's lateral thread)
+    contacts: list[Event] = []
 
 
 class TimelineEntry(Struct, kw_only=True, gc=False, omit_defaults=True):
@@ -377,6 +380,9 @@ class Incident(Struct, kw_only=True, gc=False):
     timeline: list[TimelineEntry] = []
     edges: list[Edge] = []
     threads: StrList = []
+    #: set on the last revision of a story that joined another one (an alert tied the two): that
+    #: story's id; this one is closed and everything it held is in the other
+    merged_into: ShortStr = ""
 
 
 class ProfileStatus(enum.StrEnum):

@@ -6,7 +6,9 @@ Alerts join one story when they share a *thread*:
 - ``exec_session``   a ``kubectl exec``/attach into a pod and the processes in that pod,
 - ``token_api``      a service-account token read in a pod and API calls by that service
                      account (from the pod's IP),
-- ``lateral``        a connection from pod A to pod B and then activity in B,
+- ``lateral``        a connection from workload A to workload B and then activity in B: the connection
+                     an alert (``network.peer_workload``), or one of the alert's ``contacts`` (detect
+                     gives each alert the recent connections into its workload) while A has a story,
 - ``privileged_pod`` a privileged pod created through the API and activity inside it,
 - ``same_pod``       other alerts of the same pod close in time.
 
@@ -56,12 +58,14 @@ _SESSION_SUBRESOURCES = {"exec", "attach", "portforward"}
 
 
 class Link(msgspec.Struct, kw_only=True):
-    """Index entry: this key belongs to that incident since ``time`` through ``thread``."""
+    """Index entry: this key belongs to that incident through ``thread``, registered first at ``first``
+    and last at ``time`` (each alert of the story that registers it again moves ``time`` on)."""
 
     incident_id: str
     time: int
     thread: str
     node_id: str = ""
+    first: int = 0
 
 
 class StoryState(msgspec.Struct, kw_only=True):
@@ -75,6 +79,9 @@ class StoryState(msgspec.Struct, kw_only=True):
     layers: list[str] = []
     phrases: dict[str, str] = {}  # alert id -> story phrase (AlertRef has no room for it)
     alert_actor: dict[str, str] = {}  # alert id -> label of who acted, when it was an API actor
+    #: source workload key -> a connection from it into a workload of the story, kept until that
+    #: source's own activity joins (the lateral thread told in the other order)
+    contacts: dict[str, Event] = {}
 
 
 def _merge_workload(workloads: list[Workload], new: Workload) -> None:
@@ -101,6 +108,20 @@ def _node_id(e: Event) -> str:
 
 def _pod_key(w: Workload) -> str:
     return f"pod:{w.cluster}/{w.namespace}/{w.pod}" if w.pod else ""
+
+
+_NET_KINDS = frozenset({EventKind.NET_CONNECT.value, EventKind.NET_ACCEPT.value, EventKind.NET_LISTEN.value})
+#: clocks of different nodes and sensors disagree a little: "before" allows this much
+_SLACK_NS = 5_000_000_000
+_MAX_STORY_CONTACTS = 16
+
+
+def _contact_source(c: Event) -> str:
+    """The workload a connection into the alert's workload came from."""
+    n = c.network
+    if n is None or not n.peer_workload:
+        return ""
+    return n.peer_workload if c.kind is EventKind.NET_ACCEPT else c.workload.key()
 
 
 def _actor_pod(e: Event) -> str:
@@ -213,33 +234,84 @@ class Correlator:
                 regs.append((f"peer:{e.network.peer_workload}", "lateral"))
         return regs
 
-    def _find(self, alert: Alert) -> tuple[StoryState | None, set[str]]:
-        threads: set[str] = set()
-        found: StoryState | None = None
+    def _candidates(self, alert: Alert) -> list[tuple[Link, str, Event | None]]:
+        """(link, thread, contact) of every story this alert could join."""
+        out: list[tuple[Link, str, Event | None]] = []
+        window = self.window_ns
         for key, thread in self._probes(alert):
             link = self.links.get(key)
-            if link is None or abs(alert.time - link.time) > self.window_ns:
-                continue
+            if link is not None and abs(alert.time - link.time) <= window:
+                out.append((link, thread, None))
+        own = alert.workload.key() if not alert.workload.is_host else ""
+        for contact in alert.contacts:
+            # a connection into this workload from a workload whose story was going on before it
+            source = _contact_source(contact)
+            link = self.links.get(f"wl:{source}") if source and source != own else None
+            if (
+                link is not None
+                and (link.first or link.time) <= contact.time + _SLACK_NS
+                and contact.time - link.time <= window
+                and alert.time - contact.time <= window
+            ):
+                out.append((link, "lateral", contact))
+        if own and alert.event is not None and alert.event.kind is not EventKind.K8S_API:
+            # the other order: a story elsewhere has a connection from this workload, made after this
+            link = self.links.get(f"contact:{own}")
+            if link is not None and alert.time <= link.time + _SLACK_NS and link.time - alert.time <= window:
+                out.append((link, "lateral", None))
+        return out
+
+    def _find(self, alert: Alert) -> tuple[StoryState | None, set[str], list[Event], list[StoryState]]:
+        """The story the alert joins (the oldest it could join), why, the connections that tie it, and
+        the other stories it could join (it ties them to that one: they merge)."""
+        threads: set[str] = set()
+        found: StoryState | None = None
+        matches: list[tuple[StoryState, str, Event | None]] = []
+        for link, thread, contact in self._candidates(alert):
             state = self.stories.get(link.incident_id)
             if state is None:
                 continue
+            # the probe says why this alert joins; "same pod" is the weakest reason, so the link's
+            # own thread (an exec session into that pod, say) says it better
+            matches.append((state, link.thread if thread == "same_pod" else thread, contact))
             # the oldest story wins when an alert could join several
             if found is None or state.incident.first_seen < found.incident.first_seen:
                 found = state
+        ties: list[Event] = []
+        for state, thread, contact in matches:
             if state is found:
-                # the probe says why this alert joins; "same pod" is the weakest reason, so the link's
-                # own thread (an exec session into that pod, say) says it better
-                threads.add(link.thread if thread == "same_pod" else thread)
-        return found, threads
+                threads.add(thread)
+                if contact is not None:
+                    ties.append(contact)
+        others: list[StoryState] = []
+        for state, thread, contact in matches:
+            if state is not found and all(o is not state for o in others):
+                others.append(state)
+                threads.add(thread)
+                if contact is not None:
+                    ties.append(contact)
+        for state in [found, *others] if found is not None else []:
+            pending = state.contacts.pop(alert.workload.key(), None) if "lateral" in threads else None
+            if pending is not None:
+                ties.append(pending)
+        return found, threads, ties, others
 
     # -- the stage -------------------------------------------------------------------------
     def process(self, alert: Alert, now_ns: int | None = None) -> Incident | None:
-        """Fold one alert in; returns the new incident revision, or None when nothing changed."""
+        """Fold one alert in; returns the new revision of its story, or None when nothing changed
+        (:meth:`process_alert` also gives the last revisions of stories it merged)."""
+        revisions = self.process_alert(alert, now_ns)
+        return revisions[-1] if revisions else None
+
+    def process_alert(self, alert: Alert, now_ns: int | None = None) -> list[Incident]:
+        """Fold one alert in; every incident revision to publish (stories it merged into its own
+        first, closed with ``merged_into``; its own story last). Empty when nothing changed."""
         now_ns = now_ns if now_ns is not None else time.time_ns()
         existing = self._state_with_alert(alert)
         if existing is not None:
-            return self._update_count(existing, alert, now_ns)
-        state, threads = self._find(alert)
+            updated = self._update_count(existing, alert, now_ns)
+            return [updated] if updated is not None else []
+        state, threads, ties, others = self._find(alert)
         if state is None:
             incident_id = "inc-" + hashlib.blake2b(alert.alert_id.encode(), digest_size=8).hexdigest()
             state = StoryState(
@@ -253,18 +325,76 @@ class Correlator:
                     last_seen=alert.time,
                 )
             )
-        self._add(state, alert, threads)
+        self._add(state, alert, threads, ties)
         self._touch(state, now_ns)
+        incident_id = state.incident.incident_id
+        node = _node_id(alert.event) if alert.event is not None else ""
         for key, thread in self._registrations(alert):
-            node = _node_id(alert.event) if alert.event is not None else ""
-            current = self.links.get(key)
-            if current is None or current.incident_id != state.incident.incident_id:
-                self.links[key] = Link(
-                    incident_id=state.incident.incident_id, time=alert.time, thread=thread, node_id=node
-                )
-                state.link_keys.append(key)
-        self.stories[state.incident.incident_id] = state
-        return state.incident
+            self._register(state, key, thread, alert.time, node)
+        own = alert.workload.key()
+        for contact in alert.contacts:
+            source = _contact_source(contact)
+            if source and source != own and not any(w.key() == source for w in state.incident.workloads):
+                # the source's own activity, told later, joins this story (see _candidates)
+                self._register(state, f"contact:{source}", "lateral", contact.time, contact.event_id)
+                state.contacts[source] = contact
+                while len(state.contacts) > _MAX_STORY_CONTACTS:
+                    state.contacts.pop(next(iter(state.contacts)))
+        merged = [self._merge(state, other, now_ns) for other in others]
+        if merged:
+            self._rewrite(state, [], [])
+        self.stories[incident_id] = state
+        return [*merged, state.incident]
+
+    def _merge(self, into: StoryState, other: StoryState, now_ns: int) -> Incident:
+        """Move ``other`` into ``into`` (an alert tied them); ``other``'s last revision, closed."""
+        inc, old = into.incident, other.incident
+        known = {r.alert_id for r in inc.alerts}
+        inc.alerts.extend(r for r in old.alerts if r.alert_id not in known)
+        inc.first_seen = min(inc.first_seen, old.first_seen)
+        inc.last_seen = max(inc.last_seen, old.last_seen)
+        for w in old.workloads:
+            _merge_workload(inc.workloads, w)
+        inc.actors.extend(a for a in old.actors if a not in inc.actors)
+        inc.mitre.extend(t for t in old.mitre if t not in inc.mitre)
+        inc.threads.extend(t for t in old.threads if t not in inc.threads)
+        nodes = {t.node_id for t in inc.timeline}
+        inc.timeline.extend(t for t in old.timeline if t.node_id not in nodes)
+        inc.timeline.sort(key=lambda t: (t.time, t.node_id))
+        into.layers.extend(x for x in other.layers if x not in into.layers)
+        into.parents = {**other.parents, **into.parents}
+        into.node_pods = {**other.node_pods, **into.node_pods}
+        into.node_times = {**other.node_times, **into.node_times}
+        into.phrases = {**other.phrases, **into.phrases}
+        into.alert_actor = {**other.alert_actor, **into.alert_actor}
+        for source, contact in other.contacts.items():
+            into.contacts.setdefault(source, contact)
+        for key in other.link_keys:
+            link = self.links.get(key)
+            if link is not None and link.incident_id == old.incident_id:
+                link.incident_id = inc.incident_id
+                self.links[key] = link
+                into.link_keys.append(key)
+        other.link_keys = []
+        other.contacts = {}
+        old.status = IncidentStatus.CLOSED
+        old.merged_into = inc.incident_id
+        old.revision += 1
+        old.updated = now_ns
+        old.summary = f"Merged into {inc.incident_id}. {old.summary}"[:65536]
+        self.stories[old.incident_id] = other
+        return msgspec.structs.replace(old)
+
+    def _register(self, state: StoryState, key: str, thread: str, at: int, node: str) -> None:
+        incident_id = state.incident.incident_id
+        current = self.links.get(key)
+        if current is None or current.incident_id != incident_id:
+            self.links[key] = Link(incident_id=incident_id, time=at, thread=thread, node_id=node, first=at)
+            state.link_keys.append(key)
+        elif at > current.time:
+            # the story goes on: its link stays eligible for a link window after its latest use
+            current.time = at
+            self.links[key] = current
 
     def _state_with_alert(self, alert: Alert) -> StoryState | None:
         link = self.links.get(f"alert:{alert.alert_id}")
@@ -289,7 +419,7 @@ class Correlator:
         inc.updated = now_ns
         inc.status = IncidentStatus.OPEN
 
-    def _add(self, state: StoryState, alert: Alert, threads: set[str]) -> None:
+    def _add(self, state: StoryState, alert: Alert, threads: set[str], ties: list[Event]) -> None:
         inc = state.incident
         self.links[f"alert:{alert.alert_id}"] = Link(
             incident_id=inc.incident_id, time=alert.time, thread="alert"
@@ -324,7 +454,7 @@ class Correlator:
         if alert.event is not None and alert.event.source not in state.layers:
             state.layers.append(alert.event.source)
         events = [alert.event, *alert.context] if alert.event is not None else list(alert.context)
-        self._rewrite(state, events, [alert])
+        self._rewrite(state, [*events, *ties], [alert])
 
     def _rewrite(self, state: StoryState, events: list[Event], new_alerts: list[Alert]) -> None:
         inc = state.incident
@@ -476,6 +606,12 @@ class Correlator:
                     ):
                         edges.append(Edge(src=t.node_id, dst=other.node_id, kind="lateral"))
                         break
+            elif t.kind == EventKind.NET_ACCEPT.value and "(" in t.text:
+                # a connection accepted from another workload -> the first activity here after it
+                for other in runtime:
+                    if other.time >= t.time and other.workload == t.workload and other.kind not in _NET_KINDS:
+                        edges.append(Edge(src=t.node_id, dst=other.node_id, kind="lateral"))
+                        break
         unique: list[Edge] = []
         for e in edges:
             if e not in unique:
@@ -501,8 +637,7 @@ class Correlator:
         """Fold alerts in order; the latest revision of each incident touched."""
         latest: dict[str, Incident] = {}
         for alert in alerts:
-            inc = self.process(alert)
-            if inc is not None:
+            for inc in self.process_alert(alert):
                 latest[inc.incident_id] = msgspec.structs.replace(inc)
         return list(latest.values())
 
@@ -545,8 +680,7 @@ def register(cadr_app: CadrApp) -> None:
             except RecordError:
                 log.exception("undecodable alert")
                 continue
-            incident = correlator.process(alert)
-            if incident is not None:
+            for incident in correlator.process_alert(alert):
                 await incidents_topic.send(key=incident.incident_id.encode(), value=encode(incident))
             health.progress("cadr.correlate")
 

