@@ -32,6 +32,8 @@ _ANCESTRY_DEPTH = 8
 #: most event times remembered per repeat key: a threshold rule counts to a small number
 _MAX_REPEATS = 256
 _CONTACT_KINDS = frozenset({EventKind.NET_CONNECT, EventKind.NET_ACCEPT})
+#: a process tree started from outside a container this long after its first event is an exec session
+_SESSION_AFTER_NS = 1_000_000_000
 #: source workloads remembered per workload, and given with an alert
 _MAX_CONTACTS = 16
 _ALERT_CONTACTS = 4
@@ -56,10 +58,15 @@ class DetectState:
         self.recent: Lru[str, object] = Lru(max_keys)
         # workload key -> {source workload key -> the latest connection from it into this workload}
         self.contacts: Lru[str, object] = Lru(max_contacts)
+        # container id -> time of its first event seen (its start, or when cadr first saw it)
+        self.first_seen: Lru[str, object] = Lru(max_written)
 
     def observe(self, event: Event) -> None:
         p = event.process
         kind = event.kind
+        cid = event.workload.container_id
+        if cid and cid not in self.first_seen:
+            self.first_seen.put(cid, event.time)
         if kind is EventKind.PROCESS_EXEC and p is not None and p.exec_id:
             self.procs.put(p.exec_id, event)
         elif kind is EventKind.FILE_OPEN and event.file is not None and event.file.write:
@@ -91,6 +98,31 @@ class DetectState:
         recent = [c for c in found.values() if 0 <= event.time - c.time <= window_ns]
         recent.sort(key=lambda c: c.time, reverse=True)
         return recent[:_ALERT_CONTACTS]
+
+    def session_of(self, event: Event) -> str:
+        """The actor session an event belongs to: ``<pod>/<exec id of the session's first process>``
+        for a process tree someone started in a running container (``kubectl exec``: a terminal, or a
+        process started from outside the container after it was up); "" for the container's own tree,
+        host processes, API events and whatever the tree seen so far cannot tell."""
+        wl = event.workload
+        cid = wl.container_id
+        if not cid or not wl.pod or event.process is None:
+            return ""
+        line = ([event] if event.kind is EventKind.PROCESS_EXEC else []) + self.ancestry(event)
+        root: Event | None = None
+        outside = False
+        for ev in line:
+            if ev.workload.container_id != cid:
+                outside = True  # its parent is known to run outside the container (runc, a shim)
+                break
+            root = ev
+        if root is None or root.process is None:
+            return ""
+        started = self.first_seen.get(cid)
+        late = isinstance(started, int) and root.time - started > _SESSION_AFTER_NS
+        if root.process.tty or (outside and late):
+            return f"{wl.pod}/{root.process.exec_id}"
+        return ""
 
     def written(self, event: Event, path: str) -> bool:
         return f"{event.workload.container_id}\x1f{path}" in self.written_files
@@ -207,7 +239,9 @@ class Detector:
         return out
 
     def _fold(self, match: Match, event: Event) -> Alert | None:
-        key = f"{match.rule.id}\x1f{match.dedup_key}"
+        # a rule's dedup key folds repeats of one cause (often per workload: replicas share it); an
+        # actor's session is its own cause: a second person's commands in another replica are theirs
+        key = f"{match.rule.id}\x1f{match.dedup_key}\x1f{self.state.session_of(event)}"
         current = self._open.get(key)
         if current is not None and event.time - current.alert.first_seen < self._cooldown_ns:
             alert = current.alert

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cadr.config import Settings
 from schemas.records import Actor
-from tests.shapes import TOKEN, Node, Pod, Stages
+from tests.shapes import TOKEN, Node, Pod, Proc, Stages
 
 
 def shop(node: Node) -> None:
@@ -293,3 +293,52 @@ def test_a_connection_long_after_the_story_went_quiet_does_not_join() -> None:
     assert len(stages.stories()) == 2
     curl = stages.story_of("CADR-PROC-0006")
     assert "lateral" not in curl.threads and {w.pod for w in curl.workloads} == {"db-0"}
+
+
+# -- two actors, two sessions ----------------------------------------------------------------------------
+
+
+def _replicas(node: Node) -> tuple[Pod, Pod]:
+    shop(node)
+    one = node.pod("shop", "payments-7d9f-aaaaa", owner=("ReplicaSet", "payments-7d9f"), ip="10.244.1.21")
+    two = node.pod("shop", "payments-7d9f-bbbbb", owner=("ReplicaSet", "payments-7d9f"), ip="10.244.1.22")
+    return one, two
+
+
+def _session(node: Node, user: str, pod: Pod, at: float, url: str) -> tuple[Proc, list[bytes]]:
+    """``kubectl exec -it`` by ``user``: a shell (started by runc on the host), then curl."""
+    runc, runc_exec = node.exec(
+        node.process(None, comm="containerd-shim"), "/usr/bin/runc", ["runc", "exec"], at=at
+    )
+    shell, shell_exec = node.exec(runc, "/bin/bash", ["bash"], at=at + 0.5, tty=True, pod=pod)
+    curl = node.exec(shell, "/usr/bin/curl", ["curl", "-so", "/tmp/t", url], at=at + 3)[1]
+    return shell, [node.kubectl_exec(user, pod, ["bash"], at=at), runc_exec, shell_exec, curl]
+
+
+def test_a_second_users_session_in_another_replica_is_its_own_story() -> None:
+    node = Node()
+    one, two = _replicas(node)
+    stages = Stages()
+    stages.feed(_session(node, "alice@example.com", one, 10, "http://203.0.113.7/a")[1])
+    stages.feed(_session(node, "bob@example.com", two, 40, "http://203.0.113.7/a")[1])
+    stories = stages.stories()
+    assert len(stories) == 2, [s.title for s in stories]
+    for story, user, pod in zip(stories, ("alice@example.com", "bob@example.com"), (one, two), strict=True):
+        assert [a.name for a in story.actors] == [user]
+        assert {a.rule_id for a in story.alerts} >= {"CADR-K8S-0001", "CADR-PROC-0001", "CADR-PROC-0006"}
+        assert {w.pod for w in story.workloads} == {pod.name}
+        assert all(a.count == 1 for a in story.alerts)
+
+
+def test_repeats_within_one_session_still_fold() -> None:
+    node = Node()
+    one, _ = _replicas(node)
+    stages = Stages()
+    shell, events = _session(node, "alice@example.com", one, 10, "http://203.0.113.7/a")
+    stages.feed(events)
+    # the same command again in the same session: a repeat of the same cause, counted
+    stages.feed(
+        [node.exec(shell, "/usr/bin/curl", ["curl", "-so", "/tmp/t", "http://203.0.113.7/a"], at=20)[1]]
+    )
+    (story,) = stages.stories()
+    assert {a.rule_id: a.count for a in story.alerts}["CADR-PROC-0006"] == 2
