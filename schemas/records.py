@@ -292,6 +292,9 @@ class AlertRef(Struct, kw_only=True, gc=False, omit_defaults=True):
     time: TimeNs
     message: PathStr
     count: int = 1
+    #: the summed counts of later alerts of the same rule folded into this entry (a busy story lists
+    #: at most the correlate stage's ``max_alerts`` entries)
+    folded: int = 0
 
 
 class Actor(Struct, kw_only=True, gc=False, omit_defaults=True, frozen=True):
@@ -383,6 +386,12 @@ class Incident(Struct, kw_only=True, gc=False):
     #: set on the last revision of a story that joined another one (an alert tied the two): that
     #: story's id; this one is closed and everything it held is in the other
     merged_into: ShortStr = ""
+    #: alerts the story holds in all; ``alerts`` lists at most the correlate stage's ``max_alerts`` of
+    #: them, older ones folded into the first listed alert of their rule (its ``folded``)
+    alert_count: int = 0
+    #: alerts folded that way, and timeline entries left out of the middle of a long story
+    folded_alerts: int = 0
+    folded_timeline: int = 0
 
 
 class ProfileStatus(enum.StrEnum):

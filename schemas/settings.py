@@ -93,8 +93,15 @@ class DetectSettings:
 class CorrelateSettings:
     #: a story closes after this long without new alerts
     inactivity_close_s: float = 1800.0
-    #: how long an exec session / token read stays eligible to join a story
+    #: how long an exec session / token read stays eligible to join a story (after its latest use)
     link_window_s: float = 900.0
+    #: alerts listed in a story record; beyond, older alerts are folded into the count of the first
+    #: alert of their rule (the record stays far below Kafka's message size however busy the story)
+    max_alerts: int = 200
+    #: timeline entries kept: the story's beginning and its latest steps (the middle is folded)
+    max_timeline: int = 300
+    #: link keys per story; beyond, the oldest are dropped
+    max_links: int = 2000
 
 
 @dataclass

@@ -218,6 +218,7 @@ def register(cadr_app: CadrApp) -> None:
     settings = cadr_app.settings
     enricher = Enricher(cluster=settings.cluster, max_record_bytes=settings.kafka.max_record_bytes)
     cadr_app.stages["enrich"] = enricher
+    cadr_app.health.metrics["enrich"] = enricher.counters
     events_topic = cadr_app.topic("events")
     dlq_topic = cadr_app.topic("dlq")
     batch = settings.worker.batch_size

@@ -63,6 +63,8 @@ class HealthRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._agents: dict[str, AgentHealth] = {}
+        #: a stage's counters (evictions, folds ...), shown in :meth:`snapshot`: stage -> live dict
+        self.metrics: dict[str, dict[str, int]] = {}
 
     def register(self, name: str) -> AgentHealth:
         with self._lock:
@@ -102,6 +104,7 @@ class HealthRegistry:
         return not any(a.failed for a in list(self._agents.values()))
 
     def snapshot(self) -> dict[str, Any]:
-        """``{"ready": bool, "agents": {name: counters}}`` (JSON-ready)."""
+        """``{"ready": bool, "agents": {name: counters}, "metrics": {stage: counters}}`` (JSON-ready)."""
         agents = {name: a.as_dict() for name, a in sorted(list(self._agents.items()))}
-        return {"ready": not any(a["failed"] for a in agents.values()), "agents": agents}
+        metrics = {name: dict(counters) for name, counters in sorted(list(self.metrics.items()))}
+        return {"ready": not any(a["failed"] for a in agents.values()), "agents": agents, "metrics": metrics}

@@ -101,9 +101,16 @@ def title(alerts: list[Alert], actors: list[Actor], workloads: list[Workload]) -
 
 
 def summary(
-    alerts: list[Alert], actors: list[Actor], workloads: list[Workload], mitre: list[str], severity: str
+    alerts: list[Alert],
+    actors: list[Actor],
+    workloads: list[Workload],
+    mitre: list[str],
+    severity: str,
+    *,
+    total: int = 0,
 ) -> str:
-    """A paragraph a person can read aloud."""
+    """A paragraph a person can read aloud. ``total``: the alerts the story holds in all, when it
+    lists fewer (a busy story folds older ones)."""
     phrases: list[str] = []
     # low-severity context (e.g. "user outside the allowed list") stays in the alert list but
     # not in the paragraph once the story has something worse to say
@@ -123,7 +130,7 @@ def summary(
     others = [a.name for a in actors if a.name != who]
     tail = [
         f"The story spans {len(workloads)} workload{'s' if len(workloads) != 1 else ''} ({where})"
-        f" and {len(alerts)} alert{'s' if len(alerts) != 1 else ''}",
+        f" and {max(total, len(alerts))} alert{'s' if max(total, len(alerts)) != 1 else ''}",
     ]
     if others:
         tail.append(f"also involving {', '.join(others)}")

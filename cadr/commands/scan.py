@@ -176,7 +176,10 @@ def _print_stories(alerts: list[Alert], settings: Settings, *, as_json: bool, fa
     from streams.correlate import Correlator
 
     correlator = Correlator(settings=settings.correlate)
-    incidents = correlator.process_many(sorted(alerts, key=lambda a: a.time))
+    # a story that joined another is told there
+    incidents = [
+        i for i in correlator.process_many(sorted(alerts, key=lambda a: a.time)) if not i.merged_into
+    ]
     incidents.sort(key=lambda i: i.first_seen)
     for inc in incidents:
         if as_json:

@@ -92,10 +92,10 @@ def test_an_agent_crashing_twice_in_a_row_fails_readiness(settings: Settings) ->
             assert cadr_app.health.ready()
             correlator = cadr_app.stages["correlate"]
 
-            def broken(alert: Any, now_ns: int | None = None) -> Any:
+            def broken(alert: Any, now_ns: int) -> Any:
                 raise RuntimeError(f"boom on {alert.alert_id}")
 
-            correlator.process = broken
+            correlator.add = broken
             records = _alert_records(settings)
             await publish(settings, records[:1], topic="alerts")
             await _wait(
