@@ -586,11 +586,11 @@ class Correlator:
     def close_idle(self, now_ns: int) -> list[Incident]:
         """Close open stories without an update for ``inactivity_close_s`` (each a new revision), drop
         links a link window past their latest use, and delete the state of stories closed more than a
-        link window ago (their last revision stays on the incident topic)."""
-        self.flush(now_ns)
+        link window ago (their last revision stays on the incident topic). Revisions of alerts added
+        and not flushed yet come first."""
+        closed = self.flush(now_ns) if self._dirty or self._merged or self._link_writes else []
         limit = int(self.settings.inactivity_close_s * 1e9)
         horizon = self.watermark - self.window_ns
-        closed = []
         for incident_id in list(self.stories):
             state = self.stories.get(incident_id)
             if state is None:
