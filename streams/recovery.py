@@ -141,7 +141,7 @@ class CadrFaustApp(faust.App):
 
     #: the cadr topics the stages write to (filled by ``streams.app.CadrApp.topic``)
     output_topics: set[str]
-    #: where agent crashes are reported (``streams.app.create_app`` sets it)
+    #: where agent crashes are reported (``streams.app.build_app`` sets it)
     health: HealthRegistry | None = None
 
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:

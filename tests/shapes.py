@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cadr.config import Settings
 from schemas.codec import decode_alert, decode_events, decode_incident, encode
 from schemas.records import Alert, Event, Incident
+from schemas.settings import Settings
 from sensors.audit.normalize import normalize
 from sensors.ebpf import layout
 from sensors.ebpf.batch import JsonBatch

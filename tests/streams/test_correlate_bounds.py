@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import msgspec
 
-from cadr.config import CorrelateSettings
 from schemas.codec import decode_events, encode
 from schemas.records import Alert, Event, Severity
+from schemas.settings import CorrelateSettings
 from streams.correlate import Correlator
 from tests.shapes import T0, Node, S, Stages
 

@@ -7,8 +7,8 @@ kube-apiserver's wire format. They flow through enrich → detect → correlate 
 
 from __future__ import annotations
 
-from cadr.config import Settings
 from schemas.records import Actor
+from schemas.settings import Settings
 from tests.shapes import TOKEN, Node, Pod, Proc, Stages
 
 

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from cadr.config import Settings
 from cadr.runtime import ensure_topics_sync
 from schemas.codec import encode
-from streams.app import CadrApp, create_app
+from schemas.settings import Settings
+from streams.app import CadrApp
+from streams.worker import create_app
 from tests.pipeline_harness import consume_until, make_settings, publish
 from tests.shapes import Node, Stages
 
