@@ -41,6 +41,7 @@ __all__ = [
     "ProfileEdit",
     "ProfileEditOp",
     "ProfileStatus",
+    "Release",
     "SensorHealth",
     "Severity",
     "Source",
@@ -400,6 +401,28 @@ class ProfileStatus(enum.StrEnum):
     PARTIAL = "partial"
 
 
+class Release(Struct, kw_only=True, gc=False, omit_defaults=True):
+    """A new image of a workload's container, compared with the profile it replaces.
+
+    The profile stays what the previous release (``previous_image``) did; the entries here are what
+    the new ``image`` did that it never did, one ``behaviour changed with release`` notice until a
+    person accepts the release (``cadr profiles accept-release``: the entries join the profile and the
+    new image becomes its image)."""
+
+    image: ShortStr
+    previous_image: ShortStr = ""
+    #: the first event of the new image
+    since: TimeNs = 0
+    #: who rolled it out and when (the update of the workload's pod template, from the audit stream)
+    by: ShortStr = ""
+    rolled_out: NonNegInt = 0
+    execs: dict[PathStr, list[PathStr]] = {}
+    egress: list[ShortStr] = []
+    dns: list[ShortStr] = []
+    listen_ports: list[int] = []
+    privileges: list[ShortStr] = []
+
+
 class Profile(Struct, kw_only=True, gc=False, omit_defaults=True):
     """The learned behaviour of one workload's container (an application profile)."""
 
@@ -423,6 +446,10 @@ class Profile(Struct, kw_only=True, gc=False, omit_defaults=True):
     #: learning began on a container that was already running and no container start has
     #: been seen since, so start-up behaviour may be missing: learning ends as ``partial``
     started_mid_run: bool = False
+    #: the container image this behaviour was learned on (the baseline's release)
+    image: ShortStr = ""
+    #: a newer image running now, compared with this profile (see :class:`Release`)
+    release: Release | None = None
 
 
 class ProfileEditOp(enum.StrEnum):
@@ -434,6 +461,8 @@ class ProfileEditOp(enum.StrEnum):
     REPLACE = "replace"
     #: forget everything and learn again from the next event
     RELEARN = "relearn"
+    #: the profile's pending release becomes its baseline (its new behaviour joins the profile)
+    ACCEPT_RELEASE = "accept-release"
 
 
 class ProfileEdit(Struct, kw_only=True, gc=False, omit_defaults=True):

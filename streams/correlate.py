@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 #: clocks of different nodes and sensors disagree a little: "before" allows this much
 _SLACK_NS = 5_000_000_000
 _MAX_STORY_CONTACTS = 16
+#: an alert whose phrase sets the scene of its story (a release's notice), told first
+_LEAD_TAG = "release"
 #: link keys made per alert or process: the first to go when a story has too many
 _PER_ALERT_KEYS = ("alert:", "exec:")
 #: the share of ``max_timeline`` kept from the story's beginning when the middle is folded
@@ -94,6 +96,8 @@ class StoryState(msgspec.Struct, kw_only=True):
     #: source workload key -> a connection from it into a workload of the story, kept until that
     #: source's own activity joins (the lateral thread told in the other order)
     contacts: dict[str, Event] = {}
+    #: alerts whose phrase sets the story's scene (a release's notice: tag ``release``)
+    leads: list[str] = []
 
 
 def _entry_order(t: TimelineEntry) -> tuple[int, str]:
@@ -352,6 +356,10 @@ class Correlator:
                 if alert.count <= ref.count:
                     return False  # a redelivery: nothing new to tell
                 ref.count = alert.count
+                # an alert that folds news (a release's notice) tells the newest in its message
+                ref.message = alert.message
+                if alert.story:
+                    state.phrases[alert.alert_id] = alert.story
                 break
         else:
             # folded into the first entry of its rule: its new count is not told (its last_seen is)
@@ -377,6 +385,8 @@ class Correlator:
         # (a story written before alert_count existed counts what it lists)
         inc.alert_count = max(inc.alert_count + 1, len(inc.alerts) + inc.folded_alerts)
         state.phrases[alert.alert_id] = alert.story
+        if _LEAD_TAG in alert.tags:
+            state.leads.append(alert.alert_id)
         if alert.actors:
             state.alert_actor[alert.alert_id] = alert.actors[0].name
         inc.first_seen = min(inc.first_seen, alert.first_seen)
@@ -422,6 +432,8 @@ class Correlator:
                 moved[ref.alert_id] = head.alert_id
                 state.phrases.pop(ref.alert_id, None)
                 state.alert_actor.pop(ref.alert_id, None)
+                if ref.alert_id in state.leads:
+                    state.leads.remove(ref.alert_id)
             else:
                 keep.append(ref)
         inc.alerts = keep
@@ -524,7 +536,13 @@ class Correlator:
         ]
         inc.title = story.title(alerts_view, inc.actors, inc.workloads)
         inc.summary = story.summary(
-            alerts_view, inc.actors, inc.workloads, inc.mitre, inc.severity.value, total=inc.alert_count
+            alerts_view,
+            inc.actors,
+            inc.workloads,
+            inc.mitre,
+            inc.severity.value,
+            total=inc.alert_count,
+            leads=frozenset(state.leads),
         )
 
     @staticmethod
@@ -561,6 +579,7 @@ class Correlator:
         into.node_times = {**other.node_times, **into.node_times}
         into.phrases = {**other.phrases, **into.phrases}
         into.alert_actor = {**other.alert_actor, **into.alert_actor}
+        into.leads.extend(a for a in other.leads if a not in into.leads)
         for source, contact in other.contacts.items():
             into.contacts.setdefault(source, contact)
         for key in other.link_keys:

@@ -37,6 +37,9 @@ _SESSION_AFTER_NS = 1_000_000_000
 #: source workloads remembered per workload, and given with an alert
 _MAX_CONTACTS = 16
 _ALERT_CONTACTS = 4
+#: a rule whose matches fold into one alert for as long as detect remembers it, whatever the cooldown,
+#: each repeat re-published with the newest message (a release's "behaviour changed" notice)
+ONCE_TAG = "once"
 #: the tag of an alert whose event reads a service-account token
 TOKEN_TAG = "sa_token"
 _TOKEN_READ = "opened_file and sa_token_file and not write_open"
@@ -243,10 +246,16 @@ class Detector:
         # actor's session is its own cause: a second person's commands in another replica are theirs
         key = f"{match.rule.id}\x1f{match.dedup_key}\x1f{self.state.session_of(event)}"
         current = self._open.get(key)
-        if current is not None and event.time - current.alert.first_seen < self._cooldown_ns:
+        once = ONCE_TAG in match.rule.tags
+        if current is not None and (once or event.time - current.alert.first_seen < self._cooldown_ns):
             alert = current.alert
             alert.count += 1
             alert.last_seen = max(alert.last_seen, event.time)
+            if once:
+                # one alert for good (a release's notice): each repeat is news, told in its message
+                alert.message, alert.story = match.message, match.story
+                current.emitted_count = alert.count
+                return alert
             # re-publish at 2, 10, 100, 1000 ... so the story's count stays honest without
             # one message per repeat
             if alert.count == 2 or alert.count in (10, 100, 1000, 10_000) or alert.count % 100_000 == 0:

@@ -55,7 +55,17 @@ BASE_TIME_NS = 1_700_000_000 * 10**9
 STEP_NS = 10**9
 
 _CASE_KEYS = {"name", "event", "before", "baseline", "lists", "macros"}
-_BASELINE_KEYS = {"execs", "files", "writes", "egress", "dns", "listen_ports", "privileges"}
+_BASELINE_KEYS = {
+    "execs",
+    "files",
+    "writes",
+    "egress",
+    "dns",
+    "listen_ports",
+    "privileges",
+    "image",
+    "release",
+}
 
 
 class CaseError(RuleError):

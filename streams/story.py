@@ -108,16 +108,23 @@ def summary(
     severity: str,
     *,
     total: int = 0,
+    leads: frozenset[str] = frozenset(),
 ) -> str:
     """A paragraph a person can read aloud. ``total``: the alerts the story holds in all, when it
-    lists fewer (a busy story folds older ones)."""
+    lists fewer (a busy story folds older ones). ``leads``: ids of alerts whose phrase sets the scene
+    and comes first, whatever its severity (a release's notice: "since X replaced Y, ...")."""
     phrases: list[str] = []
+    scene: list[str] = []
     # low-severity context (e.g. "user outside the allowed list") stays in the alert list but
     # not in the paragraph once the story has something worse to say
     top = max((a.severity.rank for a in alerts), default=0)
-    told = [a for a in alerts if a.severity.rank > 1 or top <= 1]
+    told = [a for a in alerts if a.severity.rank > 1 or top <= 1 or a.alert_id in leads]
     for a in sorted(told, key=lambda x: x.time):
         phrase = a.story or a.rule_name[:1].lower() + a.rule_name[1:]
+        if a.alert_id in leads:
+            if phrase not in scene:
+                scene.append(phrase)
+            continue
         if a.count > 1:
             phrase += f" ({a.count} times)"
         if phrase not in phrases:
@@ -126,7 +133,12 @@ def summary(
     where = ", ".join(workload_label(w) for w in workloads[:4])
     if len(workloads) > 4:
         where += f" and {len(workloads) - 4} more"
-    first = f"{who} {join_phrases(phrases)}." if who else f"In {where}, {join_phrases(phrases)}."
+    if scene:
+        first = f"In {where}, {'; '.join(scene)}."
+        if phrases:
+            first += f" {who} {join_phrases(phrases)}." if who else f" It also {join_phrases(phrases)}."
+    else:
+        first = f"{who} {join_phrases(phrases)}." if who else f"In {where}, {join_phrases(phrases)}."
     others = [a.name for a in actors if a.name != who]
     tail = [
         f"The story spans {len(workloads)} workload{'s' if len(workloads) != 1 else ''} ({where})"

@@ -27,7 +27,7 @@ from schemas.errors import CadrError
 from schemas.records import Profile, ProfileEdit, ProfileEditOp
 from schemas.settings import Settings
 
-__all__ = ["allow_edit", "register", "resolve_workload", "workload_matcher"]
+__all__ = ["allow_edit", "register", "release_edit", "resolve_workload", "workload_matcher"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -165,6 +165,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common(r)
     r.add_argument("--reason", default="", help="why (kept with the edit; default: empty)")
     r.set_defaults(handler=_relearn)
+
+    ar = sub.add_parser(
+        "accept-release",
+        help="make a workload's new release its baseline",
+        description=(
+            "A workload's new image is compared with the profile of the release it replaced, and what it does "
+            "that the previous release never did is told once (rule CADR-REL-0001). Accepting the release adds "
+            "those changes to the profile and makes the new image the baseline; the notice stops."
+        ),
+    )
+    common(ar)
+    ar.add_argument("--reason", default="", help="why (kept with the edit; default: empty)")
+    ar.set_defaults(handler=_accept_release)
     p.set_defaults(handler=lambda args, settings: (p.print_help(), 2)[1])
 
 
@@ -244,6 +257,16 @@ def render_profile(p: Profile) -> str:
         f"{' (learning began on a running container)' if p.started_mid_run else ''}  revision {p.revision}",
         f"  learning {_time(p.learning_started)} .. {_time(p.learning_until)}, updated {_time(p.updated)}",
     ]
+    if p.image:
+        lines.append(f"  image {p.image}")
+    r = p.release
+    if r is not None:
+        by = f", rolled out by {r.by} at {_time(r.rolled_out)}" if r.by else ""
+        lines.append(
+            f"  release {r.image} since {_time(r.since)}{by}: not accepted yet (cadr profiles accept-release)"
+        )
+        news = [*r.execs, *r.egress, *r.dns, *(str(x) for x in r.listen_ports), *r.privileges]
+        lines.extend(f"    new: {v}" for v in news)
     if p.execs:
         lines.append(f"  execs ({len(p.execs)}):")
         width = min(48, max(len(k) for k in p.execs))
@@ -427,6 +450,29 @@ def _allow(args: argparse.Namespace, settings: Settings) -> int:
     _publish(settings, [edit], args.timeout)
     where = f"container {args.container}" if args.container else "every container"
     print(f"allowed in {key} ({where}); the worker applies it at once (edit {edit.edit_id})", file=sys.stderr)
+    return 0
+
+
+def release_edit(workload_key: str, container: str = "", *, user: str = "", reason: str = "") -> ProfileEdit:
+    """The edit ``cadr profiles accept-release`` publishes."""
+    return ProfileEdit(
+        edit_id=uuid.uuid4().hex,
+        time=time.time_ns(),
+        op=ProfileEditOp.ACCEPT_RELEASE,
+        workload_key=workload_key,
+        container=container,
+        user=user,
+        reason=reason,
+    )
+
+
+def _accept_release(args: argparse.Namespace, settings: Settings) -> int:
+    _need_kafka(settings)
+    key = resolve_workload(settings, args.workload, args.timeout)
+    edit = release_edit(key, args.container, user=_user(), reason=args.reason)
+    _publish(settings, [edit], args.timeout)
+    where = f"container {args.container}" if args.container else "every container"
+    print(f"accepted the release of {key} ({where}); it is the baseline from now on", file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
 
-from schemas.records import Event, EventKind, Profile, ProfileEdit, ProfileStatus
+from schemas.records import Event, EventKind, Profile, ProfileEdit, ProfileEditOp, ProfileStatus, Release
 from streams.baseline.edits import apply_edit, merge_entries
 from streams.baseline.patterns import (
     Patterns,
@@ -30,6 +30,7 @@ from streams.baseline.patterns import (
     parse_duration,
     privilege_key,
 )
+from streams.baseline.release import ReleaseView, Rollout, learn_change, rollout_of
 from streams.baseline.view import ProfileView
 from streams.lru import Lru
 
@@ -82,6 +83,9 @@ class Baselines:
         self._dns_warm: set[str] = set()
         # container id -> (profile key, end of its start-up learning): see _startup_learn
         self._startup: dict[str, tuple[str, int]] = {}
+        # workload key -> its latest rollout seen in the audit stream (streams.baseline.release)
+        self._rollouts: Lru[str, Rollout] = Lru(10_000)
+        self._release_views: dict[str, ReleaseView] = {}
 
     # -- the hot path --
 
@@ -90,6 +94,9 @@ class Baselines:
 
         Host processes and API events have no container profile (returns None)."""
         wl = event.workload
+        if event.kind is EventKind.K8S_API:
+            self._note_rollout(event)
+            return None
         if event.kind in _NO_PROFILE or wl.is_host:
             return None
         if event.time > self.watermark:
@@ -108,9 +115,73 @@ class Baselines:
             view.dns_warm = True
         if profile.status is ProfileStatus.LEARNING:
             self._learn_event(key, profile, view, event, started)
+            if wl.image and wl.image != profile.image and profile.status is ProfileStatus.LEARNING:
+                profile.image = wl.image  # learned on the newest image seen while learning
+                self._touch(key, profile, view, event.time)
         elif profile.started_mid_run and (started or self._startup):
             self._startup_learn(key, profile, view, event, started)
+        if wl.image and profile.status is not ProfileStatus.LEARNING and wl.image != profile.image:
+            if not profile.image:  # a profile from before images were kept: this is its image
+                profile.image = wl.image
+                self._touch(key, profile, view, event.time)
+            else:
+                return self._release(key, profile, view, event)
         return view
+
+    # -- release drift (streams.baseline.release) --
+
+    def _release(self, key: str, profile: Profile, view: ProfileView, event: Event) -> ReleaseView:
+        """The view of an event of an image the profile was not learned on: the release's changes
+        learnt, the change this event shows told to the rules."""
+        wl = event.workload
+        release = profile.release
+        if release is None or release.image != wl.image:
+            if release is None:
+                release = Release(image=wl.image, previous_image=profile.image, since=event.time)
+            else:
+                release.image = wl.image  # a newer release still compared with the accepted profile
+                release.by, release.rolled_out = "", 0
+            rollout = self._rollouts.get(wl.key())
+            if rollout is not None and wl.image in rollout.images:
+                release.by, release.rolled_out = rollout.user, rollout.time
+            profile.release = release
+            self._touch(key, profile, None, event.time)
+        rview = self._release_views.get(key)
+        if rview is None or rview.release is not release or rview.revision != profile.revision:
+            rview = self._release_view(key, profile, release, view)
+        change = learn_change(release, rview, event)
+        if change:
+            self._touch(key, profile, None, event.time)
+            rview = self._release_view(key, profile, release, view)
+        rview.change = change
+        return rview
+
+    def _release_view(self, key: str, profile: Profile, release: Release, view: ProfileView) -> ReleaseView:
+        rview = ReleaseView(profile, release, names=view.names, dns_warm=view.dns_warm)
+        rview.revision = profile.revision
+        self._release_views[key] = rview
+        return rview
+
+    def _note_rollout(self, event: Event) -> None:
+        """Remember who rolled out which images of a workload; name them in a release already told."""
+        rollout = rollout_of(event)
+        if rollout is None:
+            return
+        wkey = event.workload.key()
+        self._rollouts.put(wkey, rollout)
+        containers = event.audit.request.get("containers") if event.audit is not None else None
+        for c in containers if isinstance(containers, list) else []:
+            key = f"{wkey}|{c.get('name', '') if isinstance(c, dict) else ''}"
+            profile = self.changed.get(key) or self.store.get(key)
+            release = profile.release if profile is not None else None
+            if (
+                profile is not None
+                and release is not None
+                and release.image in rollout.images
+                and not release.by
+            ):
+                release.by, release.rolled_out = rollout.user, rollout.time
+                self._touch(key, profile, None, event.time)
 
     def _startup_learn(
         self, key: str, profile: Profile, view: ProfileView, event: Event, started: bool
@@ -281,9 +352,12 @@ class Baselines:
         for key in keys:
             container = key.rpartition("|")[2]
             current = self.changed.pop(key, None) or self.store.get(key)
+            if current is None and edit.op is ProfileEditOp.ACCEPT_RELEASE:
+                continue  # no profile, no release to accept
             profile = apply_edit(current, edit, workload_key=edit.workload_key, container=container)
             self.store[key] = profile
             self._views.pop(key, None)
+            self._release_views.pop(key, None)
             self._learning.discard(key)
             if profile.status is ProfileStatus.LEARNING:
                 self._track_learning(key, profile)

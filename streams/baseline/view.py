@@ -142,6 +142,19 @@ class ProfileView:
         key = privilege_key(event)
         return key is None or self._set("privileges").match(key)
 
+    # release drift (see streams.baseline.release.ReleaseView): a container of the profile's own image
+    def release_changed(self) -> bool:
+        return False
+
+    def release_previous(self) -> str:
+        return ""
+
+    def release_rollout(self) -> str:
+        return ""
+
+    def release_changes(self) -> str:
+        return ""
+
 
 def _is_peer_key(entry: str) -> bool:
     host, _, port = entry.rpartition(":")

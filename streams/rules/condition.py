@@ -15,6 +15,7 @@ from typing import Any
 
 from schemas.errors import CadrError
 from streams.rules.fields import FieldError, Getter, compile_field, is_field
+from streams.rules.functions import BASELINE_FACTS
 
 __all__ = ["Compiler", "ConditionError", "Predicate", "ValueFn"]
 
@@ -183,7 +184,15 @@ class Compiler:
         return pred
 
     def compile_value(self, path: str) -> ValueFn:
-        """A getter for an output placeholder or dedup field (ctx -> value)."""
+        """A getter for an output placeholder or dedup field (ctx -> value). ``baseline.<fact>`` names
+        one of the baseline's facts (:data:`streams.rules.functions.BASELINE_FACTS`), "" without one."""
+        if path.startswith("baseline."):
+            fact = path.removeprefix("baseline.")
+            if fact not in BASELINE_FACTS:
+                raise ConditionError(
+                    f"unknown baseline fact {path!r} (known: {', '.join(sorted(BASELINE_FACTS))})"
+                )
+            return lambda ctx: getattr(ctx.baseline, fact)() if ctx.baseline is not None else ""
         getter = self._field(path)
         return lambda ctx: getter(ctx.event)
 

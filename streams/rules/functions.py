@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from schemas.records import Event
 from streams.rules.wildcard import wildcard_match
 
-__all__ = ["FUNCTIONS", "BaselineView", "DetectState", "EvalContext"]
+__all__ = ["BASELINE_FACTS", "FUNCTIONS", "BaselineView", "DetectState", "EvalContext"]
 
 
 class BaselineView(Protocol):
@@ -31,6 +31,11 @@ class BaselineView(Protocol):
     def seen_dns(self, event: Event) -> bool: ...
     def seen_listen(self, event: Event) -> bool: ...
     def seen_privilege(self, event: Event) -> bool: ...
+    # release drift (streams.baseline.release): facts about a container running a newer image
+    def release_changed(self) -> bool: ...
+    def release_previous(self) -> str: ...
+    def release_rollout(self) -> str: ...
+    def release_changes(self) -> str: ...
 
 
 class DetectState(Protocol):
@@ -96,6 +101,15 @@ def _baseline(method: str) -> Callable[[EvalContext], bool]:
 
 def _baseline_ready(ctx: EvalContext) -> bool:
     return ctx.baseline is not None and ctx.baseline.ready()
+
+
+def _baseline_release_changed(ctx: EvalContext) -> bool:
+    """The event shows behaviour of a newer image that the release it replaced never had."""
+    return ctx.baseline is not None and ctx.baseline.ready() and ctx.baseline.release_changed()
+
+
+#: baseline facts an output template may name (``{baseline.release_previous}``)
+BASELINE_FACTS = frozenset({"release_previous", "release_rollout", "release_changes"})
 
 
 def _state_written(ctx: EvalContext, path: Any) -> bool:
@@ -176,6 +190,7 @@ def _dns_under(ctx: EvalContext, name: Any, domains: Any) -> bool:
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "baseline.ready": _baseline_ready,
+    "baseline.release_changed": _baseline_release_changed,
     "baseline.seen_exec": _baseline("seen_exec"),
     "baseline.seen_args": _baseline("seen_args"),
     "baseline.seen_file": _baseline("seen_file"),

@@ -220,3 +220,82 @@ def test_an_allow_edit_applies_without_a_restart(settings: Any) -> None:
         (a["rule_id"], a["event"]["process"]["exe"]) for a in alerts if a["rule_id"].startswith("CADR-ANOM-")
     ]
     assert anomalies == [("CADR-ANOM-0001", "/usr/bin/nc")]
+
+
+def test_a_release_is_accepted_with_one_command(settings: Any) -> None:
+    """A new image's new program is one notice; `cadr profiles accept-release` makes it the baseline."""
+    import subprocess
+    import sys
+
+    from cadr.runtime import settings_env
+    from tests.shapes import Node
+
+    node = Node(cluster="test")
+    old = node.pod(
+        "shop", "api-6b7c8d-aaaaa", owner=("ReplicaSet", "api-6b7c8d"), containers={"api": "reg/api:1.0"}
+    )
+    new = node.pod(
+        "shop", "api-9f8e7d-bbbbb", owner=("ReplicaSet", "api-9f8e7d"), containers={"api": "reg/api:1.1"}
+    )
+    server = node.process(old, "api", comm="server")
+    learn = [
+        node.exec(server, "/app/server", ["server"], at=1)[1],
+        node.exec(server, "/app/server", ["server"], at=3601)[1],
+    ]
+    fresh = node.process(new, "api", comm="server")
+    worker = _worker(settings, "worker")
+    try:
+        asyncio.run(publish(settings, learn))
+        asyncio.run(
+            consume_until(
+                settings, "profiles", lambda rs: (_latest(rs) or {}).get("status") == "complete", timeout=180
+            )
+        )
+        asyncio.run(publish(settings, [node.exec(fresh, "/usr/bin/certwatch", ["certwatch"], at=3700)[1]]))
+        asyncio.run(
+            consume_until(
+                settings, "alerts", lambda rs: any(r["rule_id"] == "CADR-REL-0001" for r in rs), 120
+            )
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "cadr.cli", "profiles", "accept-release", KEY, "--timeout", "60"],
+            env=settings_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        asyncio.run(
+            consume_until(
+                settings,
+                "profiles",
+                lambda rs: (
+                    (_latest(rs) or {}).get("image") == "reg/api:1.1" and "release" not in (_latest(rs) or {})
+                ),
+                timeout=120,
+            )
+        )
+        asyncio.run(
+            publish(
+                settings,
+                [
+                    node.exec(fresh, "/usr/bin/certwatch", ["certwatch"], at=3800)[1],
+                    node.exec(fresh, "/usr/bin/wget", ["wget", "http://203.0.113.7/x"], at=3801)[1],
+                ],
+            )
+        )
+        alerts = asyncio.run(
+            consume_until(
+                settings, "alerts", lambda rs: any(r["rule_id"] == "CADR-ANOM-0001" for r in rs), 120
+            )
+        )
+    finally:
+        worker.stop()
+    told = [
+        (a["rule_id"], a["event"]["process"]["exe"])
+        for a in alerts
+        if a["rule_id"].startswith(("CADR-ANOM", "CADR-REL"))
+    ]
+    # the notice once (for certwatch); after the acceptance certwatch is normal and wget is an anomaly
+    assert told == [("CADR-REL-0001", "/usr/bin/certwatch"), ("CADR-ANOM-0001", "/usr/bin/wget")], told
