@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -20,6 +19,7 @@ import msgspec
 from schemas.codec import dead_letter, decode_event, decode_events, encode, is_batch, join_batch, split_batch
 from schemas.errors import RecordError
 from schemas.records import Event, Workload
+from streams.lru import Lru
 
 if TYPE_CHECKING:
     from streams.app import CadrApp
@@ -82,13 +82,11 @@ class Enricher:
         # pod IP -> workload block, learned from events that carry the pod's own IP; lets a connection
         # name its peer workload (lateral movement) and an API call its acting pod without an API
         # round trip, when the sensors could not.
-        self._ip_to_workload: OrderedDict[str, Workload] = OrderedDict()
-        self._ip_cache_size = ip_cache_size
+        self._ip_to_workload: Lru[str, Workload] = Lru(ip_cache_size)
         # container id -> its pod's workload block, learned from events that name both (another node's
         # sensor, an audit event about the pod): names the pod of events a sensor sent with the container
         # id alone (its pod watch did not know the pod in time)
-        self._by_container: OrderedDict[str, Workload] = OrderedDict()
-        self._container_cache_size = ip_cache_size
+        self._by_container: Lru[str, Workload] = Lru(ip_cache_size)
         #: unattributed: events that left with a container id and no pod (the metric of lost workloads);
         #: attributed_late: events that had only a container id and got their pod here
         self.counters = {"in": 0, "out": 0, "dead": 0, "unattributed": 0, "attributed_late": 0}
@@ -110,9 +108,11 @@ class Enricher:
             else:
                 self.counters["unattributed"] += 1
         elif wl.container_id and wl.pod:
-            self._remember_container(wl)
+            # the newest answer (a pod IP or a label may have come since)
+            self._by_container.put(wl.container_id, wl)
         if wl.pod_ip and not wl.is_host:
-            self._remember_ip(wl.pod_ip, wl)
+            # the newest block: the pod behind an IP changes when pods come and go
+            self._ip_to_workload.put(wl.pod_ip, wl)
         net = event.network
         if net is not None and net.dst_ip and not net.peer_workload:
             peer = self._ip_to_workload.get(net.dst_ip)
@@ -130,22 +130,6 @@ class Enricher:
                     break
         event.enriched = True
         return event
-
-    def _remember_container(self, wl: Workload) -> None:
-        cache = self._by_container
-        if wl.container_id in cache:
-            cache.move_to_end(wl.container_id)
-        cache[wl.container_id] = wl  # the newest answer (a pod IP or a label may have come since)
-        if len(cache) > self._container_cache_size:
-            cache.popitem(last=False)
-
-    def _remember_ip(self, ip: str, wl: Workload) -> None:
-        cache = self._ip_to_workload
-        if ip in cache:
-            cache.move_to_end(ip)
-        cache[ip] = wl  # the newest block: the pod behind an IP changes when pods come and go
-        if len(cache) > self._ip_cache_size:
-            cache.popitem(last=False)
 
     def process(
         self,

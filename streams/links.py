@@ -104,14 +104,25 @@ def _api_keys(e: Event, w: Workload) -> list[tuple[str, str]]:
     return keys
 
 
-def _token_keys(alert: Alert) -> list[tuple[str, str]]:
+def _runtime_keys(alert: Alert, e: Event, *, own: str, other: str) -> list[tuple[str, str]]:
+    """The pod, workload, token and connection keys of a runtime alert. Probes and registrations mirror
+    each other: a workload's alert probes ``peer:<itself>`` (a connection reached it) and registers
+    ``wl:<itself>``; a connection's alert probes ``wl:<its peer>`` and registers ``peer:<its peer>``."""
     w = alert.workload
     keys: list[tuple[str, str]] = []
+    if w.pod:
+        keys.append((pod_key(w), "same_pod"))
+    if not w.is_host:
+        keys.append((f"{own}:{w.key()}", "lateral"))
     if TOKEN_TAG in alert.tags:
+        # both orders: the API call made with the token may have been seen first (events of
+        # different workloads travel on different partitions)
         if w.service_account and w.namespace:
             keys.append((f"sa:{w.cluster}/{w.namespace}:{w.service_account}", "token_api"))
         if w.pod_ip:
             keys.append((f"ip:{w.cluster}/{w.pod_ip}", "token_api"))
+    if e.network is not None and e.network.peer_workload:
+        keys.append((f"{other}:{e.network.peer_workload}", "lateral"))
     return keys
 
 
@@ -128,20 +139,9 @@ def probes(alert: Alert) -> list[tuple[str, str]]:
                 keys.append((f"exec:{p.exec_id}", "process_tree"))
             if p.parent_exec_id:
                 keys.append((f"exec:{p.parent_exec_id}", "process_tree"))
-    w = alert.workload
     if e.kind is EventKind.K8S_API and e.audit is not None:
-        keys.extend(_api_keys(e, w))
-        return keys
-    if w.pod:
-        keys.append((pod_key(w), "same_pod"))
-    if not w.is_host:
-        keys.append((f"peer:{w.key()}", "lateral"))
-    # the other orders: the API call or the peer's activity may have been seen first (events of
-    # different workloads travel on different partitions)
-    keys.extend(_token_keys(alert))
-    if e.network is not None and e.network.peer_workload:
-        keys.append((f"wl:{e.network.peer_workload}", "lateral"))
-    return keys
+        return keys + _api_keys(e, alert.workload)
+    return keys + _runtime_keys(alert, e, own="peer", other="wl")
 
 
 def registrations(alert: Alert) -> list[tuple[str, str]]:
@@ -154,15 +154,6 @@ def registrations(alert: Alert) -> list[tuple[str, str]]:
         for ev in (e, *alert.context)
         if ev.process is not None and ev.process.exec_id
     ]
-    w = alert.workload
     if e.kind is EventKind.K8S_API and e.audit is not None:
-        keys.extend(_api_keys(e, w))
-        return keys
-    if w.pod:
-        keys.append((pod_key(w), "same_pod"))
-    if not w.is_host:
-        keys.append((f"wl:{w.key()}", "lateral"))
-    keys.extend(_token_keys(alert))
-    if e.network is not None and e.network.peer_workload:
-        keys.append((f"peer:{e.network.peer_workload}", "lateral"))
-    return keys
+        return keys + _api_keys(e, alert.workload)
+    return keys + _runtime_keys(alert, e, own="wl", other="peer")

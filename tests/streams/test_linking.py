@@ -29,19 +29,25 @@ def shop(node: Node) -> None:
     )
 
 
-# -- actors as Kubernetes names them ---------------------------------------------------------------
-
-
-def test_service_account_actor_is_the_kubernetes_user_name_everywhere() -> None:
-    node = Node()
+def payments(node: Node, **kw: object) -> Pod:
+    """A replica of the payments Deployment, running as its service account."""
     shop(node)
-    pod = node.pod(
+    return node.pod(
         "shop",
         "payments-7d9f-abc12",
         owner=("ReplicaSet", "payments-7d9f"),
         service_account="payments",
         ip="10.244.1.17",
+        **kw,  # type: ignore[arg-type]
     )
+
+
+# -- actors as Kubernetes names them ---------------------------------------------------------------
+
+
+def test_service_account_actor_is_the_kubernetes_user_name_everywhere() -> None:
+    node = Node()
+    pod = payments(node)
     stages = Stages()
     stages.feed([node.api(pod.user, "list", "secrets", at=10, namespace="shop", source_ips=[pod.ip])])
     (alert,) = [a for a in stages.alerts if a.rule_id == "CADR-K8S-0028"]
@@ -141,14 +147,7 @@ def test_connections_between_pods_name_the_peer_workload_without_any_rule() -> N
 
 def test_an_api_call_from_a_pod_carries_the_acting_workload_and_joins_its_story() -> None:
     node = Node()
-    shop(node)
-    pod = node.pod(
-        "shop",
-        "payments-7d9f-abc12",
-        owner=("ReplicaSet", "payments-7d9f"),
-        service_account="payments",
-        ip="10.244.1.17",
-    )
+    pod = payments(node)
     other = node.pod(
         "shop", "cart-1", owner=("StatefulSet", "cart"), service_account="cart", ip="10.244.1.18"
     )
