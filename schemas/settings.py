@@ -61,6 +61,14 @@ class StoreSettings:
     #: local read-only query endpoint of the process owning an embedded store
     query_host: str = "127.0.0.1"
     query_port: int = 8124
+    #: limits of every read-only (forensic) query, fixed before the session turns read-only so that the caller
+    #: cannot raise them (streams/store/limits.py): memory, run time, result size; and how many queries the
+    #: owner's endpoint runs at once (one more gets a "busy" error)
+    query_max_memory_bytes: int = 2 << 30
+    query_timeout_s: float = 300.0
+    query_max_result_rows: int = 100_000_000
+    query_max_result_bytes: int = 4 << 30
+    query_concurrency: int = 4
 
 
 @dataclass

@@ -27,6 +27,7 @@ from streams.store.client import Client, chdb_dir_locked, open_client, parse_dsn
 from streams.store.endpoint import read_endpoint_info
 from streams.store.errors import StoreError, StoreLockedError
 from streams.store.guard import check_statement
+from streams.store.limits import QueryLimits
 
 __all__ = ["StoreReader", "open_reader"]
 
@@ -46,10 +47,11 @@ class StoreReader:
             return
         check_statement(
             sql,
-            # No output format: clickhouse-connect would append "FORMAT x", which some statements (SYSTEM
-            # STOP MERGES) parse as a table name; the default text format is all the check reads.
+            # No output format: clickhouse-connect would append "FORMAT x" after EXPLAIN AST's statement; the
+            # checker's queries name their own format where it matters.
             lambda q, p: self.client.raw_query(q, parameters=dict(p)).decode(),
             params,
+            database=self.client.database or "default",
             encode=lambda s: s,
         )
 
@@ -95,8 +97,10 @@ def open_reader(settings: Settings, *, wait_s: float = 10.0) -> StoreReader:
     dsn = settings.store_dsn
     target = parse_dsn(dsn)
     database = settings.store.database
+    limits = QueryLimits.from_store_settings(settings.store)
     if not target.embedded:
-        return StoreReader(open_client(dsn, readonly=True), database, route=f"server {dsn.split('@')[-1]}")
+        client = open_client(dsn, readonly=True, limits=limits)
+        return StoreReader(client, database, route=f"server {dsn.split('@')[-1]}")
     if not target.path:
         raise StoreError("an in-memory store cannot be queried from another process")
     store = Path(target.path)
@@ -120,7 +124,7 @@ def open_reader(settings: Settings, *, wait_s: float = 10.0) -> StoreReader:
         if not chdb_dir_locked(str(store)):
             direct: Client | None
             try:
-                direct = open_client(f"chdb://{store}", readonly=True)
+                direct = open_client(f"chdb://{store}", readonly=True, limits=limits)
             except StoreLockedError:
                 direct = None
             except ClickHouseError as exc:

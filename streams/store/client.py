@@ -22,7 +22,14 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
-from streams.store.errors import QueryError, StoreError, StoreLockedError, StoreUnavailableError
+from streams.store.errors import (
+    QueryError,
+    StoreBusyError,
+    StoreError,
+    StoreLockedError,
+    StoreUnavailableError,
+)
+from streams.store.limits import QueryLimits
 
 __all__ = [
     "Client",
@@ -35,9 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: query limits applied to read-only sessions (a forensic query should not take the store down)
-READONLY_LIMITS: dict[str, Any] = {"max_execution_time": 300}
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,8 @@ def wrap_error(exc: BaseException, what: str) -> StoreError:
         return StoreUnavailableError(f"{what}: store unavailable: {first}")
     if "Cannot lock file" in text or "Another server instance" in text:
         return StoreLockedError(f"{what}: {first}")
+    if "Code: 202." in text or "TOO_MANY_SIMULTANEOUS_QUERIES" in text:
+        return StoreBusyError(f"{what}: {_clean(text)}")
     if isinstance(exc, (DatabaseError, ClickHouseError)) or _is_server_error(text):
         # (the second: chdb's own handle, used by the sink's raw inserts, raises RuntimeError)
         return QueryError(f"{what}: {_clean(text)}")
@@ -131,6 +137,7 @@ def open_client(
     *,
     database: str | None = None,
     readonly: bool = False,
+    limits: QueryLimits | None = None,
     settings: Mapping[str, Any] | None = None,
     connect_timeout: float = 10.0,
     send_receive_timeout: float = 300.0,
@@ -138,7 +145,8 @@ def open_client(
     """A clickhouse-connect client for ``dsn``.
 
     ``readonly=True`` makes the *connection* read-only at the server: ``readonly=1`` on the chdb handle, and
-    with every HTTP request (no writes, no DDL, no table functions, no setting changes in the query).
+    with every HTTP request (no writes, no DDL, no table functions, no setting changes in the query), after the
+    per-query ``limits`` (default :class:`QueryLimits`), which the session then cannot raise.
     """
     target = parse_dsn(dsn)
     merged: dict[str, Any] = dict(settings or {})
@@ -146,7 +154,7 @@ def open_client(
         if target.embedded:
             if readonly:
                 # Order matters: limits first, then readonly (after it, no setting can change on this handle).
-                merged = {**READONLY_LIMITS, **merged, "readonly": 1}
+                merged = {**(limits or QueryLimits()).settings(), **merged, "readonly": 1}
             # USE of a database that does not exist yet fails; the migration runner creates it.
             return clickhouse_connect.get_client(
                 dsn=target.dsn if target.path else "chdb://memory", database=database, settings=merged
@@ -161,7 +169,7 @@ def open_client(
             query_retries=0,
         )
         if readonly:
-            _make_readonly(client)
+            _make_readonly(client, limits or QueryLimits())
         return client
     except ClickHouseError as exc:
         if target.embedded and target.path and chdb_dir_locked(target.path):
@@ -173,7 +181,7 @@ def open_client(
         raise wrap_error(exc, f"connecting to {target.dsn}") from exc
 
 
-def _make_readonly(client: Client) -> None:
+def _make_readonly(client: Client, limits: QueryLimits) -> None:
     """Send ``readonly = 1`` with every request of ``client`` and check that the server applies it.
 
     ``readonly = 1`` (not 2): with 2, ClickHouse still runs table functions, and ``INSERT INTO FUNCTION
@@ -182,7 +190,8 @@ def _make_readonly(client: Client) -> None:
     """
     current = int(client.query("SELECT toUInt8(getSetting('readonly'))").result_rows[0][0])
     if current != 1:
-        for key, value in READONLY_LIMITS.items():
+        # A server stops a read-only query whose client closed the connection when asked to.
+        for key, value in {**limits.settings(), "cancel_http_readonly_queries_on_client_close": 1}.items():
             client.set_client_setting(key, value)
         client.set_client_setting("readonly", 1)
         current = int(client.query("SELECT toUInt8(getSetting('readonly'))").result_rows[0][0])

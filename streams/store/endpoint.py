@@ -10,10 +10,15 @@ or a multipart form; ``param_<name>`` values bound by the engine (``{name:Type}`
 ``database``; settings as URL parameters; lz4/zstd/gzip request bodies; and errors as
 ``X-ClickHouse-Exception-Code`` with ClickHouse's own message.
 
-Read-only mode (the default) runs every request on a fresh engine handle on which ``readonly = 1`` is set
+Read-only mode (the default) runs every request on a fresh engine handle on which the per-query limits
+(:class:`~streams.store.limits.QueryLimits`: memory, run time, result size) and then ``readonly = 1`` are set
 before the request's SQL or settings are seen: ClickHouse itself refuses INSERT, ALTER, DROP, SYSTEM, file and
-URL table functions, and any attempt to change a setting. Access needs the password written, owner-readable
-only, to ``<store dir>/cadr-query-endpoint.json``, so the endpoint grants no more than reading the directory.
+URL table functions, and any attempt to change a setting; :mod:`streams.store.guard` refuses what ``readonly``
+lets through (the ``file()`` function, ``INTO OUTFILE`` ...). At most ``limits.concurrency`` queries run at once:
+one more is answered at once with ClickHouse's "too many simultaneous queries" error (code 202), and a query
+whose client closed the connection is cancelled (``KILL QUERY`` on the handle's ``log_comment`` mark). Access
+needs the password written, owner-readable only, to ``<store dir>/cadr-query-endpoint.json``, so the endpoint
+grants no more than reading the directory.
 
 ``writable=True`` (tests only: a stand-in for a ClickHouse server, see tests/streams/clickhouse_http.py) also
 accepts ``INSERT ... FORMAT <fmt>`` with the data in the body.
@@ -44,6 +49,7 @@ from aiohttp import web
 from streams.store.client import parse_dsn
 from streams.store.errors import QueryError
 from streams.store.guard import check_statement
+from streams.store.limits import QueryLimits
 
 __all__ = ["ENDPOINT_FILE", "EndpointInfo", "QueryEndpoint", "read_endpoint_info"]
 
@@ -85,7 +91,8 @@ _TRANSPORT = {
     "role",
     "readonly",
 }
-_READONLY_LIMITS = {"max_execution_time": "300", "max_result_bytes": str(4 << 30)}
+#: how often a running query looks whether its client is still connected
+_CLIENT_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -165,7 +172,7 @@ class QueryEndpoint:
         port: int = 0,
         writable: bool = False,
         password: str | None = None,
-        workers: int = 4,
+        limits: QueryLimits | None = None,
         write_info_file: bool = True,
     ) -> None:
         target = parse_dsn(dsn)
@@ -179,7 +186,10 @@ class QueryEndpoint:
         self.writable = writable
         self.password = secrets.token_urlsafe(24) if password is None else password
         self._write_info = write_info_file
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cadr-query")
+        self.limits = limits or QueryLimits()
+        self._pool = ThreadPoolExecutor(max_workers=self.limits.concurrency, thread_name_prefix="cadr-query")
+        #: queries running now (only the event loop thread changes it)
+        self._active = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -298,21 +308,19 @@ class QueryEndpoint:
             params: dict[str, str] = dict(request.query)
             if not self._authorized(request, params):
                 raise _RequestError(516, "default: Authentication failed: password is incorrect", status=403)
-            body = b""
-            if request.method == "POST":
-                if request.content_type.startswith("multipart/form-data"):
-                    form = await request.post()
-                    for name, value in form.items():
-                        if isinstance(value, str):
-                            params[name] = value
-                        elif isinstance(value, (bytes, bytearray)):
-                            params[name] = bytes(value).decode()
-                        else:
-                            params[name] = value.file.read().decode()
-                else:
-                    body = _decompress(await request.read(), request.headers.get("Content-Encoding", ""))
-            loop = asyncio.get_running_loop()
-            data, fmt, summary = await loop.run_in_executor(self._pool, self._execute, params, body)
+            if not self.writable and self._active >= self.limits.concurrency:
+                raise _RequestError(
+                    202,
+                    f"Too many simultaneous queries: the store is busy running {self._active} read-only queries "
+                    f"(store.query_concurrency = {self.limits.concurrency}); try again when one has finished",
+                    status=500,
+                )
+            self._active += 1
+            try:
+                body = await self._read_body(request, params)
+                data, fmt, summary = await self._run_request(request, params, body)
+            finally:
+                self._active -= 1
             headers["X-ClickHouse-Summary"] = json.dumps(summary)
             if fmt:
                 headers["X-ClickHouse-Format"] = fmt
@@ -323,9 +331,70 @@ class QueryEndpoint:
                 status=exc.status, text=f"Code: {exc.code}. DB::Exception: {exc}\n", headers=headers
             )
 
+    async def _read_body(self, request: web.Request, params: dict[str, str]) -> bytes:
+        if request.method != "POST":
+            return b""
+        if request.content_type.startswith("multipart/form-data"):
+            form = await request.post()
+            for name, value in form.items():
+                if isinstance(value, str):
+                    params[name] = value
+                elif isinstance(value, (bytes, bytearray)):
+                    params[name] = bytes(value).decode()
+                else:
+                    params[name] = value.file.read().decode()
+            return b""
+        return _decompress(await request.read(), request.headers.get("Content-Encoding", ""))
+
+    async def _run_request(
+        self, request: web.Request, params: dict[str, str], body: bytes
+    ) -> tuple[bytes, str, dict[str, str]]:
+        """Run the request on an executor thread; cancel it in the engine when the client goes away."""
+        loop = asyncio.get_running_loop()
+        mark = f"cadr-query-{uuid.uuid4()}"
+        gone = threading.Event()
+        future = loop.run_in_executor(self._pool, self._execute, params, body, mark, gone)
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=_CLIENT_POLL_S)
+                if done:
+                    return future.result()
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+        except asyncio.CancelledError:
+            gone.set()
+            await asyncio.shield(self._cancel(future, mark))
+            raise
+        gone.set()
+        await self._cancel(future, mark)
+        raise _RequestError(394, "Query was cancelled: the client closed the connection", status=499)
+
+    async def _cancel(self, future: asyncio.Future[Any], mark: str) -> None:
+        """Kill the query marked ``mark`` until its thread has finished (it may not have started yet)."""
+        loop = asyncio.get_running_loop()
+        while not future.done():
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(None, self._kill, mark)
+            await asyncio.wait({future}, timeout=0.5)
+        with contextlib.suppress(BaseException):
+            future.result()
+        log.info("query endpoint: cancelled a query whose client went away")
+
+    def _kill(self, mark: str) -> None:
+        import chdb
+
+        conn = chdb.connect(self.path)
+        try:
+            conn.query(f"KILL QUERY WHERE Settings['log_comment'] = {_quote(mark)} ASYNC", "TSV")
+        finally:
+            conn.close()
+
     # -- engine -------------------------------------------------------------------------------------------
 
-    def _execute(self, params: dict[str, str], body: bytes) -> tuple[bytes, str, dict[str, str]]:
+    def _execute(
+        self, params: dict[str, str], body: bytes, mark: str = "", gone: threading.Event | None = None
+    ) -> tuple[bytes, str, dict[str, str]]:
         import chdb
 
         sql = params.get("query", "")
@@ -349,17 +418,21 @@ class QueryEndpoint:
             raise _RequestError(_code(exc), _message(exc), status=500) from exc
         tmp_path = ""
         try:
+            database = params.get("database")
             if not self.writable:
-                for key, value in _READONLY_LIMITS.items():
-                    conn.query(f"SET {key} = {_quote(value)}")
+                # Limits and the cancel mark first: after readonly = 1 no setting can change on this handle.
+                for key, value in {**self.limits.settings(), "log_comment": mark}.items():
+                    conn.query(f"SET {key} = {_quote(str(value))}")
                 conn.query("SET readonly = 1")
                 try:
                     check_statement(
-                        sql, lambda q, p: conn.query(q, "TSVRaw", params=p).bytes().decode(), binds
+                        sql,
+                        lambda q, p: conn.query(q, "TSVRaw", params=p).bytes().decode(),
+                        binds,
+                        database=database or "default",
                     )
                 except QueryError as exc:
                     raise _RequestError(164, f"{exc} (READONLY)") from exc
-            database = params.get("database")
             if database:
                 conn.query(f"USE {_identifier(database)}")
             # Like a server, apply the request's settings together: readonly last, so that a client asking
@@ -382,6 +455,8 @@ class QueryEndpoint:
                 sql = f"INSERT INTO {insert.group('table')} {cols} {infile}"
                 result = conn.query(sql, "TabSeparated", params=binds)
                 return b"", "", _summary(result, written=True)
+            if gone is not None and gone.is_set():
+                raise _RequestError(394, "Query was cancelled: the client closed the connection", status=499)
             result = conn.query(sql, fmt, params=binds)
             return result.bytes(), fmt, _summary(result)
         except _RequestError:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from schemas.errors import CadrError
 
-__all__ = ["MigrationError", "QueryError", "StoreError", "StoreLockedError", "StoreUnavailableError"]
+__all__ = [
+    "MigrationError",
+    "QueryError",
+    "StoreBusyError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreUnavailableError",
+]
 
 
 class StoreError(CadrError):
@@ -25,3 +32,7 @@ class MigrationError(StoreError):
 
 class QueryError(StoreError):
     """ClickHouse refused or failed a query (read-only violation, syntax, bad parameter ...)."""
+
+
+class StoreBusyError(QueryError):
+    """The store runs as many read-only queries as it allows at once; try again when one has finished."""

@@ -40,6 +40,7 @@ from streams.store.client import parse_dsn
 from streams.store.dedup import Coord
 from streams.store.endpoint import QueryEndpoint
 from streams.store.errors import StoreUnavailableError
+from streams.store.limits import QueryLimits
 from streams.store.sink import StoreWriter, WriteReport
 
 __all__ = ["STORE_TOPICS", "StoreService", "StoreStats"]
@@ -181,7 +182,12 @@ class StoreService(Service):
         store = self.settings.store
         for port in (store.query_port, 0):
             try:
-                return QueryEndpoint(self.settings.store_dsn, host=store.query_host, port=port).start()
+                return QueryEndpoint(
+                    self.settings.store_dsn,
+                    host=store.query_host,
+                    port=port,
+                    limits=QueryLimits.from_store_settings(store),
+                ).start()
             except OSError as exc:
                 log.info("query endpoint port %s unavailable (%s); trying a free port", port, exc)
         log.warning("no query endpoint: `cadr query` cannot reach this store while the worker runs")
