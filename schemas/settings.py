@@ -122,7 +122,16 @@ class AuditSettings:
     client_ca: str = ""
     #: file holding the bearer token callers must present (empty = token auth off)
     token_file: str = ""
+    #: most bytes of a request body, both as sent and once decompressed (checked while it streams in)
     max_body_bytes: int = 32 << 20
+    #: most bytes of one audit event in a batch (a larger one goes to the DLQ, its siblings through)
+    max_event_bytes: int = 8 << 20
+    #: seconds for the TLS handshake and for each request head (a half-sent request is closed after this)
+    header_timeout_s: float = 10.0
+    #: seconds for a request body to arrive once its head is in
+    body_timeout_s: float = 30.0
+    #: most open connections; one more is answered 503 and closed
+    max_connections: int = 64
     log_files: list[str] = field(default_factory=list)
 
 

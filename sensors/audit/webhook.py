@@ -3,19 +3,22 @@
 The API server POSTs ``audit.k8s.io/v1`` ``EventList`` documents (batch mode, the default) or single
 ``Event`` documents (``--audit-webhook-mode=blocking``) as JSON. This server:
 
-1. authenticates the caller: TLS with a required client certificate when ``client_ca`` is set, and/or a
-   bearer token from ``token_file`` (constant-time compare). It refuses to start with neither unless the
-   caller explicitly asks for an unauthenticated server;
-2. bounds the body (``max_body_bytes``; 413 before reading more);
-3. validates and normalizes each event on its own: bad items go to ``cadr.dlq`` with the reason, their
-   good siblings go through;
+1. authenticates the caller before reading any of the body: TLS with a required client certificate when
+   ``client_ca`` is set, and/or a bearer token from ``token_file`` (constant-time compare). It refuses to
+   start with neither unless the caller explicitly asks for an unauthenticated server;
+2. bounds what a caller can hold (:mod:`sensors.audit.transport`): ``max_connections`` open connections,
+   ``header_timeout_s`` for the TLS handshake and each request head, ``body_timeout_s`` for the body, and
+   ``max_body_bytes`` for the body both as sent and decompressed (checked while it streams in; 413);
+3. validates and normalizes each event on its own (:mod:`sensors.audit.batch`): bad items — too deep, too
+   large, not JSON, wrong types — go to ``cadr.dlq`` with the reason, their good siblings go through;
 4. publishes the whole batch to ``cadr.raw`` and answers 200 only after Kafka acknowledged every record
    (acks=all). If Kafka does not, it answers 503 and the API server retries the batch; event ids come
    from auditID + stage, so a retried batch is idempotent downstream.
 
 Status codes: 200 all stored; 400 malformed body or some events rejected (those are in the DLQ, the rest
 stored — the API server does not retry 4xx, so nothing is duplicated); 401 bad or missing token;
-413 body over the limit; 503 Kafka did not acknowledge.
+408 body not received in time; 413 body over the limit; 415 unknown Content-Encoding; 503 Kafka did not
+acknowledge, or too many connections.
 """
 
 from __future__ import annotations
@@ -29,17 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import orjson
 from aiohttp import web
 
 from schemas.codec import dead_letter, encode
 from schemas.settings import AuditSettings
-from sensors.audit.envelope import unwrap
-from sensors.audit.errors import AuditFormatError, PublishError, WebhookConfigError
-from sensors.audit.fastpath import decode_event_list, normalize_typed
-from sensors.audit.normalize import PodLookup, normalize
-from sensors.audit.sink import Record, Sink
+from sensors.audit.batch import STAGE, BatchResult, process_body
+from sensors.audit.errors import PublishError, WebhookConfigError
+from sensors.audit.normalize import PodLookup
+from sensors.audit.sink import Sink
+from sensors.audit.transport import BodyError, CappedServer, read_body, server_options
 
 __all__ = [
     "AuditWebhook",
@@ -52,7 +54,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STAGE = "audit.webhook"
 _MAX_ERRORS_IN_REPLY = 20
 
 
@@ -65,79 +66,10 @@ class WebhookStats:
     rejected: int = 0
     refused: int = 0
     publish_failures: int = 0
-
-
-@dataclass
-class BatchResult:
-    """What one body turned into: records for cadr.raw and cadr.dlq, and the reasons for the DLQ ones."""
-
-    events: list[Record]
-    dead: list[Record]
-    errors: list[str]
-    malformed: bool = False
-
-
-def process_body(
-    body: bytes,
-    *,
-    cluster: str = "",
-    node: str = "",
-    pods: PodLookup | None = None,
-    stage: str = STAGE,
-) -> BatchResult:
-    """Parse, validate and normalize one webhook body (pure: no I/O). Never raises on bad input."""
-    fast = _fast_path(body, cluster=cluster, node=node, pods=pods)
-    if fast is not None:
-        return fast
-    result = BatchResult([], [], [])
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        reason = f"body is not JSON: {exc}"
-        result.malformed = True
-        result.errors.append(reason)
-        result.dead.append((b"", encode(dead_letter(body, stage=stage, reason=reason))))
-        return result
-    try:
-        items = unwrap(doc)
-    except AuditFormatError as exc:
-        reason = f"body is not an audit.k8s.io Event or EventList: {exc}"
-        result.malformed = True
-        result.errors.append(reason)
-        result.dead.append((b"", encode(dead_letter(body, stage=stage, reason=reason))))
-        return result
-    for index, item in enumerate(items):
-        try:
-            event = normalize(item, cluster=cluster, node=node, pods=pods)
-        except Exception as exc:  # AuditFormatError, or a bug: either way one item must not poison the batch
-            where = "event" if doc is item else f"items[{index}]"
-            reason = (
-                f"{where}: {exc}"
-                if isinstance(exc, AuditFormatError)
-                else f"{where}: cannot normalize: {exc!r}"
-            )
-            if not isinstance(exc, AuditFormatError):
-                log.exception("normalizing an audit event failed")
-            result.errors.append(reason)
-            result.dead.append((b"", encode(dead_letter(item, stage=stage, reason=reason))))
-            continue
-        assert event.audit is not None
-        result.events.append((event.audit.audit_id.encode(), encode(event)))
-    return result
-
-
-def _fast_path(body: bytes, *, cluster: str, node: str, pods: PodLookup | None) -> BatchResult | None:
-    """An EventList whose every item is valid, through the typed decoder; None to take the dict path."""
-    try:
-        items = decode_event_list(body)
-        if items is None:
-            return None
-        events = [normalize_typed(raw, cluster=cluster, node=node, pods=pods) for raw in items]
-    except (msgspec.DecodeError, ValueError):  # AuditFormatError is a ValueError, so is orjson's error
-        return None  # the dict path names exactly what is wrong, item by item
-    return BatchResult(
-        [(e.audit.audit_id.encode(), encode(e)) for e in events if e.audit is not None], [], []
-    )
+    #: connections answered 503 because ``max_connections`` were open
+    connections_refused: int = 0
+    #: requests whose body did not arrive within ``body_timeout_s``
+    body_timeouts: int = 0
 
 
 def build_ssl_context(settings: AuditSettings) -> ssl.SSLContext:
@@ -197,7 +129,9 @@ class AuditWebhook:
         self._ssl = None if allow_plain_http else build_ssl_context(settings)
         if self._ssl is None and self._token is not None:
             log.warning("bearer token over plain HTTP: only for local tests")
-        self._runner: web.AppRunner | None = None
+        self._server: CappedServer | None = None
+        self._runner: web.ServerRunner | None = None
+        self._listener: asyncio.Server | None = None
         self.port: int = settings.port
 
     @property
@@ -208,62 +142,81 @@ class AuditWebhook:
             host = f"[{host}]"
         return f"{scheme}://{host}:{self.port}/"
 
-    def make_app(self) -> web.Application:
-        # The body limit is enforced in the handler (streamed), not by aiohttp's client_max_size,
-        # so an oversize body is refused before it is buffered and the reason reaches the DLQ.
-        app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
-        app.router.add_post("/", self._handle)
-        app.router.add_post("/audit", self._handle)
-        app.router.add_get("/healthz", self._health)
-        return app
-
     async def start(self) -> None:
         await self.sink.start()
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.settings.host, self.settings.port, ssl_context=self._ssl, backlog=128
+        settings = self.settings
+        self._server = CappedServer(
+            self._dispatch,
+            max_connections=settings.max_connections,
+            **server_options(settings.header_timeout_s),
         )
-        await site.start()
-        server: Any = site._server  # aiohttp keeps the asyncio.Server here; it knows the bound port
-        sockets = server.sockets if server is not None else []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self._runner = web.ServerRunner(self._server, handle_signals=False)
+        await self._runner.setup()
+        # Our own listener (not aiohttp's TCPSite) so that a TLS handshake has the header deadline too.
+        self._listener = await asyncio.get_running_loop().create_server(
+            self._server,
+            settings.host,
+            settings.port,
+            ssl=self._ssl,
+            ssl_handshake_timeout=settings.header_timeout_s if self._ssl is not None else None,
+            backlog=128,
+            reuse_address=True,
+        )
+        if self._listener.sockets:
+            self.port = self._listener.sockets[0].getsockname()[1]
         log.info("audit webhook listening on %s", self.url)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         await self.sink.stop()
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _authorized(self, request: web.BaseRequest) -> bool:
         if self._token is None:
             return True
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self._token)
 
-    async def _health(self, request: web.Request) -> web.Response:
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path in ("/", "/audit"):
+            if request.method != "POST":
+                return _reply(405, "POST audit events here", close=True)
+            return await self._handle(request)
+        if request.path == "/healthz" and request.method == "GET":
+            return await self._health(request)
+        return _reply(404, "not found", close=True)
+
+    async def _health(self, request: web.BaseRequest) -> web.Response:
         if not self._authorized(request):
-            return _reply(401, "missing or wrong bearer token")
+            return _reply(401, "missing or wrong bearer token", close=True)
+        if self._server is not None:
+            self.stats.connections_refused = self._server.refused
         return web.json_response(self.stats.__dict__)
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.BaseRequest) -> web.Response:
         self.stats.requests += 1
         if not self._authorized(request):
             self.stats.refused += 1
-            return _reply(401, "missing or wrong bearer token")
-        limit = self.settings.max_body_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            reason = f"body of {length} bytes is over the {limit}-byte limit"
-            return await self._refuse_oversize(reason, await request.content.read(min(length, 64 << 10)))
-        body = await _read_bounded(request, limit)
-        if body is None:
-            reason = f"body is over the {limit}-byte limit"
-            return await self._refuse_oversize(reason, b"")
-        result = process_body(body, cluster=self.cluster, node=self.node, pods=self.pods)
+            # Close: the body (maybe a compression bomb) is never read, let alone decompressed.
+            return _reply(401, "missing or wrong bearer token", close=True)
+        try:
+            body = await read_body(
+                request, limit=self.settings.max_body_bytes, timeout_s=self.settings.body_timeout_s
+            )
+        except BodyError as exc:
+            return await self._refuse_body(exc)
+        result = process_body(
+            body,
+            cluster=self.cluster,
+            node=self.node,
+            pods=self.pods,
+            max_event_bytes=self.settings.max_event_bytes,
+        )
         try:
             await self.sink.publish(result.events, result.dead)
         except PublishError as exc:
@@ -282,28 +235,19 @@ class AuditWebhook:
             )
         return web.json_response({"stored": len(result.events), "rejected": 0})
 
-    async def _refuse_oversize(self, reason: str, prefix: bytes) -> web.Response:
+    async def _refuse_body(self, exc: BodyError) -> web.Response:
+        """A body over a limit, too slow, or undecodable: a dead letter with the reason, and close."""
         self.stats.rejected += 1
+        if exc.status == 408:
+            self.stats.body_timeouts += 1
         try:
-            await self.sink.publish([], [(b"", encode(dead_letter(prefix, stage=STAGE, reason=reason)))])
-        except PublishError as exc:
-            log.warning("could not record an oversize body in the DLQ: %s", exc)
+            await self.sink.publish(
+                [], [(b"", encode(dead_letter(exc.prefix, stage=STAGE, reason=exc.reason)))]
+            )
+        except PublishError as err:
+            log.warning("could not record a refused body in the DLQ: %s", err)
         # Close the connection: the unread remainder of the body must not be parsed as a request.
-        return _reply(413, reason, close=True)
-
-
-async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None once it exceeds ``limit`` (chunked bodies have no Content-Length)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.read(1 << 20)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+        return _reply(exc.status, exc.reason, close=True)
 
 
 def _reply(status: int, reason: str, *, close: bool = False, **extra: Any) -> web.Response:
