@@ -12,9 +12,11 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cadr.config import load_settings
 from schemas.errors import CadrError
+from schemas.text import escape_controls
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
@@ -63,13 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log lines with wire text in them (a user name, a path, a peer's reply) escaped for the terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return escape_controls(super().formatException(ei), keep="\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
@@ -84,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.handler(args, settings)
         return result
     except CadrError as exc:
-        print(f"cadr: error: {exc}", file=sys.stderr)
+        print(escape_controls(f"cadr: error: {exc}", keep="\n"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -1,4 +1,8 @@
-"""Render an incident for a terminal: header, summary, timeline and the story tree."""
+"""Render an incident for a terminal: header, summary, timeline and the story tree.
+
+Every line is passed through :func:`schemas.text.escape_controls`: a title, an actor, a command line or a path
+in a story comes from the wire, and no control character of it reaches the terminal raw.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ import datetime as dt
 import textwrap
 
 from schemas.records import Incident, TimelineEntry
+from schemas.text import escape_controls
 
-__all__ = ["printable", "render_incident"]
+__all__ = ["render_incident"]
 
 _SEV_MARK = {"info": "·", "low": "▫", "medium": "▪", "high": "▲", "critical": "█"}
 _EDGE_LABEL = {
@@ -21,13 +26,6 @@ _EDGE_LABEL = {
     "lateral": "lateral movement",
     "privileged_pod": "inside the created pod",
 }
-
-
-def printable(text: str) -> str:
-    """``text`` safe for a terminal: control characters (escape sequences included) shown escaped."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _ts(ns: int, with_date: bool = False) -> str:
@@ -78,7 +76,7 @@ def render_incident(inc: Incident, width: int = 110) -> str:
     for a in alerts:
         count = f" ×{a.count}" if a.count > 1 else ""
         lines.append(f"  {_ts(a.time)}  {a.severity.value:<8} {a.rule_id:<15} {a.rule_name}{count}")
-    return "\n".join(lines)
+    return "\n".join(escape_controls(line) for line in lines)
 
 
 def _tree(inc: Incident, rule_names: dict[str, str]) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from schemas.errors import CadrError
 from schemas.settings import Settings
+from schemas.text import escape_controls
 
 __all__ = ["register", "run_forward"]
 
@@ -113,7 +114,7 @@ def _test(settings: Settings, dest: Any, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"ok": result.ok, "message": result.message, "reply": result.reply}, default=str))
     else:
-        print(f"{dest.name}: {result.message}")
+        print(escape_controls(f"{dest.name}: {result.message}"))
         if result.reply is not None:
             print(f"reply: {json.dumps(result.reply, default=str)}")
     return 0 if result.ok else 1

@@ -11,6 +11,7 @@ from typing import TextIO
 
 from schemas.errors import CadrError
 from schemas.settings import Settings
+from schemas.text import escape_controls
 
 __all__ = ["register", "tail_incidents"]
 
@@ -81,7 +82,8 @@ async def tail_incidents(
             try:
                 inc = decode_incident(msg.value)
             except RecordError as exc:
-                print(f"cadr: skipping undecodable incident at offset {msg.offset}: {exc}", file=sys.stderr)
+                note = f"cadr: skipping undecodable incident at offset {msg.offset}: {exc}"
+                print(escape_controls(note), file=sys.stderr)
                 continue
             if inc.severity.rank < floor:
                 continue

@@ -26,6 +26,7 @@ from schemas.codec import to_dict
 from schemas.errors import CadrError
 from schemas.records import Profile, ProfileEdit, ProfileEditOp
 from schemas.settings import Settings
+from schemas.text import escape_controls
 
 __all__ = ["allow_edit", "register", "release_edit", "resolve_workload", "workload_matcher"]
 
@@ -284,7 +285,7 @@ def render_profile(p: Profile) -> str:
         if values:
             lines.append(f"  {title} ({len(values)}):")
             lines.extend(f"    {v}" for v in sorted(values))
-    return "\n".join(lines)
+    return "\n".join(escape_controls(line) for line in lines)
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from schemas.errors import CadrError
 from schemas.settings import Settings
+from schemas.text import escape_controls
 
 __all__ = ["FORMATS", "register", "run_query"]
 
@@ -119,6 +120,9 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
     if fmt == "parquet" and not args.output and sys.stdout.isatty():
         raise CadrError("parquet is binary: use --output FILE or redirect stdout")
     data = run_query(settings, args.sql, named=args.named, params=_parse_params(args.param), fmt=fmt)
+    if fmt == "table":
+        # The table is for a person: ClickHouse prints string values raw, control characters included.
+        data = escape_controls(data.decode("utf-8", "replace"), keep="\n").encode("utf-8")
     if args.output:
         Path(args.output).write_bytes(data)
     else:

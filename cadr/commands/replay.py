@@ -11,6 +11,7 @@ from typing import TextIO
 from cadr.commands.capture import add_selection_args, selection_from_args
 from schemas.errors import CadrError
 from schemas.settings import Settings
+from schemas.text import escape_controls
 
 __all__ = ["progress_bar", "register"]
 
@@ -124,5 +125,5 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     for error in report.errors or []:
-        print(f"cadr replay: skipped: {error}", file=sys.stderr)
+        print(escape_controls(f"cadr replay: skipped: {error}"), file=sys.stderr)
     return 0

@@ -330,7 +330,7 @@ def _handle_coverage(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _handle_import_sigma(args: argparse.Namespace, settings: Settings) -> int:
-    from cadr.render import printable as _safe
+    from schemas.text import escape_controls as _safe
     from streams.rules.sigma import import_sigma_dir, write_rule_folder
 
     result = import_sigma_dir(args.directory)

@@ -25,6 +25,7 @@ from schemas.codec import decode_event, encode
 from schemas.errors import CadrError, RecordError
 from schemas.records import Alert, Event, Severity
 from schemas.settings import Settings
+from schemas.text import escape_controls
 
 __all__ = ["read_events", "register"]
 
@@ -114,7 +115,7 @@ def read_events(path: str, *, cluster: str = "", errors: TextIO | None = None) -
         nonlocal bad
         bad += 1
         if errors is not None:
-            errors.write(f"{path}:{line}: {why}\n")
+            errors.write(escape_controls(f"{path}:{line}: {why}") + "\n")
 
     def docs() -> Iterator[tuple[int, Any]]:
         stripped = data.strip()
@@ -160,14 +161,10 @@ def _fmt_time(ns: int) -> str:
 
 
 def _print_text(alerts: list[Alert], out: TextIO) -> None:
-    from cadr.render import printable
-
     for a in alerts:
         count = f" (x{a.count})" if a.count > 1 else ""
-        out.write(
-            f"{_fmt_time(a.time)}  {a.severity.value:<8} {a.rule_id}  {printable(a.rule_name)}: "
-            f"{printable(a.message)}{count}\n"
-        )
+        line = f"{_fmt_time(a.time)}  {a.severity.value:<8} {a.rule_id}  {a.rule_name}: {a.message}{count}"
+        out.write(escape_controls(line) + "\n")
 
 
 def _print_stories(alerts: list[Alert], settings: Settings, *, as_json: bool, fail_on: str | None) -> int:

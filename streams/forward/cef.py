@@ -1,7 +1,9 @@
 """ArcSight Common Event Format (CEF) lines for incidents and alerts (pure).
 
 ``CEF:0|cadr|cadr|<version>|<class id>|<name>|<severity 0-10>|<extension>``: header
-fields escape ``\\`` and ``|``; extension values escape ``\\``, ``=`` and line breaks.
+fields escape ``\\`` and ``|``; extension values escape ``\\``, ``=`` and line breaks. Every other control
+character (ESC, NUL, BEL, the C1 range ...) is first written visibly by :func:`schemas.text.escape_controls`
+(its backslash then escaped as CEF wants), so no SIEM console or log pipeline receives one raw.
 Custom fields use the standard ``csN``/``cnN`` pairs with their ``...Label`` keys, so
 ArcSight, QRadar and Sentinel parse them without a custom dictionary.
 """
@@ -12,6 +14,7 @@ import re
 from typing import Any
 
 from schemas.records import Alert, Incident, Severity
+from schemas.text import escape_controls
 from streams.forward.payload import PRODUCT_VERSION, Record
 
 __all__ = ["CEF_SEVERITY", "cef_line", "escape_extension", "escape_header"]
@@ -27,11 +30,12 @@ _KEY = re.compile(r"[^A-Za-z0-9_]")
 
 
 def escape_header(value: str) -> str:
+    value = escape_controls(value, keep="\r\n")
     return value.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def escape_extension(value: Any) -> str:
-    text = value if isinstance(value, str) else str(value)
+    text = escape_controls(value if isinstance(value, str) else str(value), keep="\r\n")
     return (
         text.replace("\\", "\\\\")
         .replace("=", "\\=")

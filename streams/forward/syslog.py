@@ -39,6 +39,7 @@ from typing import Any, Self
 import orjson
 
 from schemas.records import Incident, Severity
+from schemas.text import escape_controls, escape_json_controls
 from streams.forward.base import OK, Destination, ItemResult, Status
 from streams.forward.cef import cef_line
 from streams.forward.config import DestinationConfig, DestinationOptions, TlsConfig
@@ -151,8 +152,9 @@ class MessageTooLargeError(ForwardError):
 
 
 def sd_escape(value: Any) -> str:
-    """An SD-PARAM value with ``"``, ``\\`` and ``]`` escaped (RFC 5424 section 6.3.3)."""
-    text = value if isinstance(value, str) else str(value)
+    """An SD-PARAM value with ``"``, ``\\`` and ``]`` escaped (RFC 5424 section 6.3.3), control characters
+    written visibly (:func:`schemas.text.escape_controls`)."""
+    text = escape_controls(value if isinstance(value, str) else str(value))
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
@@ -317,7 +319,8 @@ class Syslog(Destination):
                 max_msg_chars=max_msg_chars,
             ).encode("utf-8")
         else:
-            msg = orjson.dumps(payload)
+            # JSON escapes C0 itself; DEL and C1 would pass raw
+            msg = escape_json_controls(orjson.dumps(payload))
         params = [
             ("incident_id" if is_incident else "alert_id", item.key),
             ("revision", item.revision),
