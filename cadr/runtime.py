@@ -76,10 +76,11 @@ def ensure_topics_sync(settings: Settings) -> None:
     leaders ignores it until a later metadata refresh.
     """
     from cadr.topics import ensure_topics
+    from streams.kafka_access import client_options
 
     prefix, partitions = settings.kafka.topic_prefix, settings.kafka.partitions
     specs = [*topic_specs(prefix, partitions), edits_spec(prefix, partitions)]
-    asyncio.run(ensure_topics(settings.kafka.bootstrap, specs))
+    asyncio.run(ensure_topics(settings.kafka.bootstrap, specs, client_options=client_options(settings.kafka)))
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -93,6 +94,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "CADR_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
             "CADR_KAFKA_TOPIC_PREFIX": settings.kafka.topic_prefix,
             "CADR_KAFKA_PARTITIONS": str(settings.kafka.partitions),
+            # how to reach Kafka (TLS / SASL): the children connect as the parent does
+            "CADR_KAFKA_SECURITY_PROTOCOL": settings.kafka.security_protocol,
+            "CADR_KAFKA_SASL_MECHANISM": settings.kafka.sasl_mechanism,
+            "CADR_KAFKA_SASL_USERNAME": settings.kafka.sasl_username,
+            "CADR_KAFKA_SASL_PASSWORD_FILE": settings.kafka.sasl_password_file,
+            "CADR_KAFKA_SASL_PASSWORD": settings.kafka.sasl_password,
+            "CADR_KAFKA_SSL_CAFILE": settings.kafka.ssl_cafile,
+            "CADR_KAFKA_SSL_CERTFILE": settings.kafka.ssl_certfile,
+            "CADR_KAFKA_SSL_KEYFILE": settings.kafka.ssl_keyfile,
+            "CADR_KAFKA_SSL_CHECK_HOSTNAME": str(settings.kafka.ssl_check_hostname).lower(),
             "CADR_STORE_DSN": settings.store_dsn,
             "CADR_STORE_BATCH_SIZE": str(settings.store.batch_size),
             "CADR_STORE_BATCH_BYTES": str(settings.store.batch_bytes),

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
@@ -31,7 +32,13 @@ class TopicError(CadrError):
     """Topics could not be created or did not become ready."""
 
 
-async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, timeout_s: float = 30.0) -> None:
+async def ensure_topics(
+    bootstrap: str,
+    specs: Sequence[TopicSpec],
+    *,
+    timeout_s: float = 30.0,
+    client_options: Mapping[str, Any] | None = None,
+) -> None:
     """Create the topics of ``specs`` that are missing, and wait until every partition has a leader.
 
     Idempotent: topics that already exist are left as they are (their configs are not altered), except that
@@ -44,6 +51,8 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, timeout_s
         specs: what to create (:func:`schemas.topics.topic_specs`, :func:`~schemas.topics.edits_spec`,
             :func:`~schemas.topics.dead_letter_specs`).
         timeout_s: bound on the whole operation.
+        client_options: TLS/SASL options of the admin client (``streams.kafka_access.client_options``).
+        client_options: TLS/SASL options of the admin client (``streams.kafka_access.client_options``).
 
     Raises:
         TopicError: a topic could not be created (any error other than "already exists"), a co-partitioned
@@ -51,7 +60,9 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, timeout_s
     """
     if not specs:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **dict(client_options or {})
+    )
     try:
         await admin.start()
         await asyncio.wait_for(_create_and_wait(admin, specs, timeout_s), timeout_s)

@@ -41,6 +41,23 @@ class KafkaSettings:
     #: largest record accepted from cadr.raw; bigger ones go to cadr.dlq
     max_record_bytes: int = 1 << 20
     compression: str = "lz4"
+    #: how every cadr Kafka client (sensors, worker, forwarders, CLI) connects: PLAINTEXT (the embedded
+    #: loopback default), SSL, SASL_PLAINTEXT or SASL_SSL (production: see streams/kafka_access.py)
+    security_protocol: str = "PLAINTEXT"
+    #: with SASL_*: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    #: file holding the SASL password (a mounted secret) ...
+    sasl_password_file: str = ""
+    #: ... or the password itself (e.g. from a secret in the environment); the file wins when both are set
+    sasl_password: str = field(default="", repr=False)
+    #: CA bundle that signed the brokers' certificates (empty: the system's CAs)
+    ssl_cafile: str = ""
+    #: client certificate and key, for brokers that require mutual TLS (optional)
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    #: check that a broker's certificate names the host it was reached as
+    ssl_check_hostname: bool = True
 
 
 @dataclass

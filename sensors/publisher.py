@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -85,8 +85,11 @@ class Publisher:
         producer_factory: ProducerFactory | None = None,
         group_events: int = 256,
         group_bytes: int = 512 << 10,
+        kafka_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        #: TLS/SASL options of the producer (streams.kafka_access.client_options)
+        self.kafka_options = dict(kafka_options or {})
         self.topic = topic
         self.spool = Spool(spool_dir, spool_max_bytes)
         self.compression = compression or None
@@ -232,11 +235,12 @@ class Publisher:
 
     def _make_producer(self) -> Any:
         if self._factory is not None:
-            return self._factory(bootstrap_servers=self.bootstrap)
+            return self._factory(bootstrap_servers=self.bootstrap, **self.kafka_options)
         from aiokafka import AIOKafkaProducer
 
         return AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
+            **self.kafka_options,
             client_id=self.client_id,
             compression_type=self.compression,
             acks="all",

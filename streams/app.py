@@ -19,6 +19,7 @@ import faust
 
 from schemas.settings import Settings
 from streams.health import HealthRegistry
+from streams.kafka_access import faust_credentials
 from streams.recovery import CadrFaustApp, CadrTableManager
 
 __all__ = ["CadrApp", "build_app"]
@@ -91,6 +92,8 @@ def build_app(settings: Settings, **overrides: Any) -> CadrApp:
     brokers = [f"kafka://{b.strip()}" for b in settings.kafka.bootstrap.split(",") if b.strip()]
     options: dict[str, Any] = {
         "broker": brokers,
+        # TLS / SASL for every client Faust makes (producer, consumers, topic admin)
+        "broker_credentials": faust_credentials(settings.kafka),
         "store": "memory://",
         "topic_partitions": settings.kafka.partitions,
         "topic_replication_factor": 1,

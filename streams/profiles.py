@@ -34,6 +34,7 @@ from schemas.errors import CadrError, RecordError
 from schemas.records import Profile, ProfileEdit
 from schemas.settings import Settings
 from schemas.topics import EDITS
+from streams.kafka_access import client_options
 
 if TYPE_CHECKING:
     from streams.app import CadrApp
@@ -154,6 +155,7 @@ async def publish_edits(settings: Settings, edits: Iterable[ProfileEdit], timeou
 
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap,
+        **client_options(settings.kafka),
         acks="all",
         max_request_size=8 << 20,
         request_timeout_ms=int(timeout_s * 1000),
@@ -184,6 +186,7 @@ async def read_profiles(
     name = settings.topic("profiles")
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap,
+        **client_options(settings.kafka),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from schemas.errors import CadrError
 from schemas.settings import Settings
+from streams.kafka_access import client_options
 
 if TYPE_CHECKING:
     from streams.forensics.capture import Selection
@@ -90,7 +91,13 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
         since = parse_time_ns(args.since) if args.since != "-1h" else None
         until = parse_time_ns(args.until) if args.until != "now" else None
         count = capture_from_topic(
-            settings.kafka.bootstrap, topic, args.output, since_ns=since, until_ns=until, compress=compress
+            settings.kafka.bootstrap,
+            topic,
+            args.output,
+            since_ns=since,
+            until_ns=until,
+            compress=compress,
+            kafka_options=client_options(settings.kafka),
         )
         source = f"topic {topic}"
     else:

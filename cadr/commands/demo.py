@@ -16,6 +16,7 @@ from pathlib import Path
 
 from schemas.errors import CadrError
 from schemas.settings import Settings
+from streams.kafka_access import client_options
 
 __all__ = ["register", "run_demo"]
 
@@ -52,7 +53,9 @@ async def _publish(settings: Settings, events: list) -> None:
 
     from schemas.codec import encode
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5, **client_options(settings.kafka)
+    )
     await producer.start()
     try:
         futures = [
@@ -73,6 +76,7 @@ async def _await_story(settings: Settings, expected_alerts: int, timeout: float,
     consumer = AIOKafkaConsumer(
         settings.topic("incidents"),
         bootstrap_servers=settings.kafka.bootstrap,
+        **client_options(settings.kafka),
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

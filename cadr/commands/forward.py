@@ -20,6 +20,7 @@ from typing import Any
 from schemas.errors import CadrError
 from schemas.settings import Settings
 from schemas.text import escape_controls
+from streams.kafka_access import client_options
 
 __all__ = ["register", "run_forward"]
 
@@ -127,7 +128,11 @@ async def run_forward(settings: Settings, config: Any, *, only: list[str] | None
 
     forwarder = Forwarder(settings, config, only=only or ())
     try:
-        await ensure_topics(settings.kafka.bootstrap, forwarder.dead_letter_specs())
+        await ensure_topics(
+            settings.kafka.bootstrap,
+            forwarder.dead_letter_specs(),
+            client_options=client_options(settings.kafka),
+        )
     except TopicError as exc:
         # best effort: a cluster that forbids creating topics may auto-create them on the first write, or an
         # operator creates them; a dead letter that cannot be written is retried until it can

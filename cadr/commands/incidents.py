@@ -59,12 +59,14 @@ async def tail_incidents(
     from schemas.codec import decode_incident
     from schemas.errors import RecordError
     from schemas.records import Severity
+    from streams.kafka_access import client_options
 
     stream = out or sys.stdout
     floor = Severity(min_severity).rank
     consumer = AIOKafkaConsumer(
         settings.topic("incidents"),
         bootstrap_servers=settings.kafka.bootstrap,
+        **client_options(settings.kafka),
         group_id=None,
         client_id=f"cadr-tail-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest" if from_beginning else "latest",

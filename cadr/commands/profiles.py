@@ -27,6 +27,7 @@ from schemas.errors import CadrError
 from schemas.records import Profile, ProfileEdit, ProfileEditOp
 from schemas.settings import Settings
 from schemas.text import escape_controls
+from streams.kafka_access import client_options
 
 __all__ = ["allow_edit", "register", "release_edit", "resolve_workload", "workload_matcher"]
 
@@ -323,7 +324,9 @@ def _publish(settings: Settings, edits: list[ProfileEdit], timeout: float) -> in
 
     async def publish() -> int:
         spec = edits_spec(settings.kafka.topic_prefix, settings.kafka.partitions)
-        await ensure_topics(settings.kafka.bootstrap, [spec], timeout_s=timeout)
+        await ensure_topics(
+            settings.kafka.bootstrap, [spec], timeout_s=timeout, client_options=client_options(settings.kafka)
+        )
         return await publish_edits(settings, edits, timeout)
 
     return int(run(publish()))

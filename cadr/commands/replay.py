@@ -12,6 +12,7 @@ from cadr.commands.capture import add_selection_args, selection_from_args
 from schemas.errors import CadrError
 from schemas.settings import Settings
 from schemas.text import escape_controls
+from streams.kafka_access import client_options
 
 __all__ = ["progress_bar", "register"]
 
@@ -98,6 +99,7 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
             report = replay_sync(
                 store_selection(reader, selection),
                 bootstrap=settings.kafka.bootstrap,
+                kafka_options=client_options(settings.kafka),
                 topic=topic,
                 rate=args.rate,
                 total=total,
@@ -112,6 +114,7 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
         report = replay_sync(
             it,
             bootstrap=settings.kafka.bootstrap,
+            kafka_options=client_options(settings.kafka),
             topic=topic,
             rate=args.rate,
             total=total,

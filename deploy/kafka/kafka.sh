@@ -10,6 +10,10 @@
 #   CADR_KAFKA_HOME   cache dir for the jars (default ~/.cache/cadr/kafka-<version>); jars go to $CADR_KAFKA_HOME/libs
 #   KAFKA_HEAP_OPTS   JVM heap flags (default -Xms256m -Xmx768m)
 #   KAFKA_OPTS        extra JVM flags
+#   CADR_KAFKA_SASL_SSL_PORT   also listen for SASL_SSL clients (SCRAM-SHA-512/256) on this loopback port; needs:
+#   CADR_KAFKA_SSL_KEYSTORE    a PEM file holding the broker's private key (unencrypted PKCS#8) and certificate chain
+#   CADR_KAFKA_SCRAM_USERS     a file of "NAME PASSWORD" lines: SCRAM users written into the storage by `format`
+#                              (so they exist before the first start; formatting happens once per DATA_DIR)
 #
 # DATA_DIR layout: kraft/ (log.dirs and metadata log), logs/server.log (broker log), server.properties (written by
 # each `run`, so the ports may change between runs of the same data).
@@ -75,14 +79,22 @@ jvm() {
 # write_config DATA_DIR PORT CONTROLLER_PORT: the whole node config, on stdout.
 write_config() {
   local data="$1" port="$2" cport="$3"
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+  local advertised="PLAINTEXT://127.0.0.1:$port"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [[ -n "${CADR_KAFKA_SASL_SSL_PORT:-}" ]]; then
+    listeners="$listeners,SASL_SSL://127.0.0.1:$CADR_KAFKA_SASL_SSL_PORT"
+    advertised="$advertised,SASL_SSL://127.0.0.1:$CADR_KAFKA_SASL_SSL_PORT"
+    protocols="$protocols,SASL_SSL:SASL_SSL"
+  fi
   cat <<EOF
 # Written by deploy/kafka/kafka.sh for one local run; edits are lost on the next run.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$data/kraft
@@ -117,6 +129,29 @@ num.recovery.threads.per.data.dir=2
 log.cleaner.threads=1
 log.cleaner.dedupe.buffer.size=33554432
 EOF
+  if [[ -n "${CADR_KAFKA_SASL_SSL_PORT:-}" ]]; then
+    [[ -f "${CADR_KAFKA_SSL_KEYSTORE:-}" ]] || die "CADR_KAFKA_SASL_SSL_PORT needs CADR_KAFKA_SSL_KEYSTORE (a PEM file)"
+    cat <<EOF
+
+# SASL_SSL clients: TLS with the broker's PEM key and certificate, then SCRAM (users are in the metadata log).
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$CADR_KAFKA_SSL_KEYSTORE
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF
+  fi
+}
+
+# scram_args: one --add-scram per mechanism per line of $CADR_KAFKA_SCRAM_USERS ("NAME PASSWORD").
+scram_args() {
+  [[ -n "${CADR_KAFKA_SCRAM_USERS:-}" ]] || return 0
+  local name password
+  while read -r name password; do
+    [[ -n "$name" ]] || continue
+    printf '%s\n' "--add-scram" "SCRAM-SHA-512=[name=$name,password=$password]"
+    printf '%s\n' "--add-scram" "SCRAM-SHA-256=[name=$name,password=$password]"
+  done <"$CADR_KAFKA_SCRAM_USERS"
 }
 
 formatted() { [[ -f "$1/kraft/meta.properties" ]]; }
@@ -140,8 +175,11 @@ cmd_format() {
   local cluster_id
   cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
   # (passed as --cluster-id=ID: an id may start with "-", which would read as an option)
+  local -a scram=()
+  mapfile -t scram < <(scram_args)
   (KAFKA_HEAP_OPTS="-Xmx256m" KAFKA_OPTS="-XX:TieredStopAtLevel=1 ${KAFKA_OPTS:-}" \
-    jvm kafka.tools.StorageTool "$data/logs" format --cluster-id="$cluster_id" --config "$data/format.properties" >&2)
+    jvm kafka.tools.StorageTool "$data/logs" format --cluster-id="$cluster_id" --config "$data/format.properties" \
+    "${scram[@]}" >&2)
   rm -f "$data/format.properties"
 }
 
@@ -166,7 +204,7 @@ main() {
     version) echo "$KAFKA_VERSION" ;;
     home) echo "$KAFKA_HOME_DIR" ;;
     classpath) cmd_fetch && echo "$LIBS/*" ;;
-    -h | --help | help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+    -h | --help | help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown subcommand '${sub}' (try: fetch, format DATA_DIR, run DATA_DIR PORT, version, home, --help)" ;;
   esac
 }

@@ -8,6 +8,7 @@ to run; :func:`run_audit_sensor` starts it and returns when ``stop`` is set. Pub
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from sensors.audit.sink import KafkaSink, Sink
 from sensors.audit.tailer import AuditLogTailer
 from sensors.audit.webhook import AuditWebhook
 from sensors.jsonlines import JsonLinesSink
+from streams.kafka_access import client_options
 
 __all__ = ["AuditRunOptions", "run_audit_sensor"]
 
@@ -58,6 +60,7 @@ def _sink(settings: Settings, opts: AuditRunOptions) -> Sink:
         settings.topic("dlq"),
         compression=settings.kafka.compression,
         timeout_s=opts.publish_timeout_s,
+        kafka_options=client_options(settings.kafka),
     )
 
 
@@ -75,14 +78,13 @@ def webhook_settings(settings: Settings) -> AuditSettings:
         creds.directory,
         creds.kubeconfig,
     )
-    return AuditSettings(
-        host=audit.host,
-        port=audit.port,
+    # (every other setting, limits and timeouts included, as configured)
+    return dataclasses.replace(
+        audit,
         tls_cert=str(creds.server_cert),
         tls_key=str(creds.server_key),
         client_ca=str(creds.ca_cert),
         token_file=str(creds.token_file),
-        max_body_bytes=audit.max_body_bytes,
         log_files=list(audit.log_files),
     )
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from operator import itemgetter
-from typing import Protocol
+from typing import Any, Protocol
 
 from sensors.audit.errors import PublishError
 from sensors.batching import Partitioner, by_partition, fold, send_partitions
@@ -72,8 +72,11 @@ class KafkaSink:
         timeout_s: float = 30.0,
         max_batch_bytes: int = 512 << 10,
         client_id: str = "cadr-audit",
+        kafka_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        #: TLS/SASL options of the producer (streams.kafka_access.client_options)
+        self.kafka_options = dict(kafka_options or {})
         self.raw_topic = raw_topic
         self.dlq_topic = dlq_topic
         self.compression = None if compression in ("", "none") else compression
@@ -107,6 +110,7 @@ class KafkaSink:
 
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap,
+                **self.kafka_options,
                 client_id=self.client_id,
                 acks="all",
                 compression_type=self.compression,

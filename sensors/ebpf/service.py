@@ -29,6 +29,7 @@ from sensors.ebpf.loader import DEFAULT_OBJECT, DEFAULT_SENSITIVE_PREFIXES, Prob
 from sensors.ebpf.sensor import EbpfSensor, PublisherSink, SensorOptions, Sink
 from sensors.jsonlines import JsonLinesSink
 from sensors.publisher import Publisher
+from streams.kafka_access import client_options
 
 __all__ = ["RunOptions", "check_available", "load_workloads", "run_ebpf_sensor"]
 
@@ -108,6 +109,7 @@ def _sink(settings: Settings, opts: RunOptions) -> Sink:
         spool,
         spool_max_bytes=settings.sensor.spool_max_bytes,
         compression=settings.kafka.compression or None,
+        kafka_options=client_options(settings.kafka),
     )
     return PublisherSink(publisher)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -181,11 +181,13 @@ async def _topic_messages(
     since_ns: int | None,
     until_ns: int | None,
     on_batch: Callable[[list[bytes]], None],
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
+        **dict(kafka_options or {}),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -245,6 +247,7 @@ def capture_from_topic(
     since_ns: int | None = None,
     until_ns: int | None = None,
     compress: bool | None = None,
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Write every message of ``topic`` present now (within the time window, if any) to ``path``.
 
@@ -257,4 +260,4 @@ def capture_from_topic(
             for value in batch:
                 out.write(value.rstrip(b"\n") + b"\n")
 
-        return asyncio.run(_topic_messages(bootstrap, topic, since_ns, until_ns, write))
+        return asyncio.run(_topic_messages(bootstrap, topic, since_ns, until_ns, write, kafka_options))

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -75,6 +76,7 @@ async def replay(
     *,
     bootstrap: str,
     topic: str,
+    kafka_options: Mapping[str, Any] | None = None,
     rate: float = 0.0,
     total: int | None = None,
     progress: Callable[[int, int | None], None] | None = None,
@@ -88,6 +90,7 @@ async def replay(
     bucket = _Bucket(rate)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
+        **dict(kafka_options or {}),
         acks="all",
         # Idempotence keeps each partition's order across internal retries: per-workload order is the contract.
         enable_idempotence=True,

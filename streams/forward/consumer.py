@@ -38,6 +38,7 @@ from streams.forward.errors import DeliveryError
 from streams.forward.metrics import DestinationMetrics, ForwardMetrics, serve_metrics
 from streams.forward.payload import Item, decode_record, make_item, matches, sample_incident
 from streams.forward.retry import Backoff
+from streams.kafka_access import client_options
 
 __all__ = ["DestinationRunner", "Forwarder", "TestResult", "send_test"]
 
@@ -77,6 +78,7 @@ class DestinationRunner:
         return AIOKafkaConsumer(
             self.topic,
             bootstrap_servers=self.settings.kafka.bootstrap,
+            **client_options(self.settings.kafka),
             group_id=self.cfg.group_id,
             client_id=f"cadr-forward-{self.cfg.name}",
             enable_auto_commit=False,
@@ -280,7 +282,9 @@ class Forwarder:
         if not chosen:
             raise DeliveryError("no forward destinations configured ([[forward.destinations]])")
         self.metrics = ForwardMetrics()
-        self.dead_letters = DeadLetters(settings.kafka.bootstrap)
+        self.dead_letters = DeadLetters(
+            settings.kafka.bootstrap, kafka_options=client_options(settings.kafka)
+        )
         self.runners = [
             DestinationRunner(
                 settings, d, config, self.metrics.for_destination(d.name, d.type), self.dead_letters

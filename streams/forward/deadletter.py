@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -63,8 +64,15 @@ def dead_letter_value(
 class DeadLetters:
     """One idempotent producer shared by every destination of the process."""
 
-    def __init__(self, bootstrap: str, *, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        backoff: Backoff | None = None,
+        kafka_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.kafka_options = dict(kafka_options or {})
         self.backoff = backoff or Backoff()
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
@@ -74,6 +82,7 @@ class DeadLetters:
             if self._producer is None:
                 producer = AIOKafkaProducer(
                     bootstrap_servers=self.bootstrap,
+                    **self.kafka_options,
                     client_id="cadr-forward-dlq",
                     acks="all",
                     enable_idempotence=True,

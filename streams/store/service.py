@@ -36,6 +36,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from schemas.settings import Settings
+from streams.kafka_access import client_options
 from streams.store.client import parse_dsn
 from streams.store.dedup import Coord
 from streams.store.endpoint import QueryEndpoint
@@ -163,6 +164,7 @@ class StoreService(Service):
             self._endpoint = await loop.run_in_executor(None, self._start_endpoint)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka.bootstrap,
+            **client_options(settings.kafka),
             group_id=self.group_id,
             client_id=f"{self.group_id}-{id(self):x}",
             enable_auto_commit=False,
