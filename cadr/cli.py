@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -76,6 +77,9 @@ class _SafeFormatter(logging.Formatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Everything cadr writes (the event store, spools, Kafka data of the embedded stack, generated keys and
+    # tokens, captures) is for its owner only: files 0600, directories 0700.
+    os.umask(0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)

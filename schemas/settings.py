@@ -65,6 +65,14 @@ class StoreSettings:
     #: chdb:///<dir> (embedded, default under data_dir) or http(s)://host:8123
     dsn: str = ""
     database: str = "cadr"
+    #: a server's user, and its password from a file (a mounted secret) or given as is; the file wins
+    username: str = ""
+    password_file: str = ""
+    password: str = field(default="", repr=False)
+    #: CA bundle that signed an https:// server's certificate (empty: the system's CAs) ...
+    ca_file: str = ""
+    #: ... and whether to check that certificate at all (only turn off for a throwaway test server)
+    tls_verify: bool = True
     #: most Kafka records per insert (an events record may be an event batch of hundreds of events) ...
     batch_size: int = 20000
     #: ... and most bytes of record values per insert, whichever comes first. Fewer, larger parts mean fewer

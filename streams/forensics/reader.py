@@ -23,7 +23,14 @@ from typing import Any
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas.settings import Settings
-from streams.store.client import Client, chdb_dir_locked, open_client, parse_dsn, wrap_error
+from streams.store.client import (
+    Client,
+    StoreAccess,
+    chdb_dir_locked,
+    open_client,
+    parse_dsn,
+    wrap_error,
+)
 from streams.store.endpoint import read_endpoint_info
 from streams.store.errors import StoreError, StoreLockedError
 from streams.store.guard import check_statement
@@ -99,7 +106,9 @@ def open_reader(settings: Settings, *, wait_s: float = 10.0) -> StoreReader:
     database = settings.store.database
     limits = QueryLimits.from_store_settings(settings.store)
     if not target.embedded:
-        client = open_client(dsn, readonly=True, limits=limits)
+        client = open_client(
+            dsn, readonly=True, limits=limits, access=StoreAccess.from_store_settings(settings.store)
+        )
         return StoreReader(client, database, route=f"server {dsn.split('@')[-1]}")
     if not target.path:
         raise StoreError("an in-memory store cannot be queried from another process")

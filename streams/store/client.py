@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -33,15 +33,68 @@ from streams.store.limits import QueryLimits
 
 __all__ = [
     "Client",
+    "StoreAccess",
     "StoreTarget",
     "chdb_dir_locked",
     "client_for",
     "open_client",
     "parse_dsn",
+    "private_dir",
     "wrap_error",
 ]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreAccess:
+    """How to authenticate to a ClickHouse server and check its certificate (unused by an embedded store).
+
+    Built from the ``[store]`` settings by :meth:`from_store_settings`: the password comes from
+    ``store.password_file`` (a mounted secret, read each time a client is made, so a rotated secret is picked
+    up) or ``store.password``; a user and password in the DSN itself still work, these win over them.
+    """
+
+    username: str = ""
+    password_file: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: str = ""
+    tls_verify: bool = True
+
+    @classmethod
+    def from_store_settings(cls, store: Any) -> StoreAccess:
+        return cls(
+            username=str(getattr(store, "username", "") or ""),
+            password_file=str(getattr(store, "password_file", "") or ""),
+            password=str(getattr(store, "password", "") or ""),
+            ca_file=str(getattr(store, "ca_file", "") or ""),
+            tls_verify=bool(getattr(store, "tls_verify", True)),
+        )
+
+    def client_kwargs(self, dsn: str) -> dict[str, Any]:
+        """clickhouse-connect ``get_client`` arguments for a server DSN."""
+        kwargs: dict[str, Any] = {}
+        if self.username:
+            kwargs["username"] = self.username
+        password = self.password
+        if self.password_file:
+            try:
+                password = Path(self.password_file).read_text().strip()
+            except OSError as exc:
+                raise StoreError(f"store.password_file {self.password_file}: {exc.strerror or exc}") from exc
+        if password:
+            kwargs["password"] = password
+            parsed = urlparse(dsn)
+            if parsed.scheme in ("http", "clickhouse") and parsed.hostname not in _LOOPBACK:
+                log.warning("the store password goes to %s over plain http: use https://", parsed.hostname)
+        if self.ca_file:
+            kwargs["ca_cert"] = self.ca_file
+        if not self.tls_verify:
+            kwargs["verify"] = False
+        return kwargs
+
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +124,17 @@ def parse_dsn(dsn: str) -> StoreTarget:
     if parsed.scheme in ("http", "https", "clickhouse", "clickhouses"):
         return StoreTarget(dsn=dsn, kind="http")
     raise StoreError(f"store DSN {dsn!r}: scheme must be chdb, http or https")
+
+
+def private_dir(path: str) -> None:
+    """Create the store directory owner-only (0700), or make an existing one so.
+
+    The events are sensitive (command lines, paths, API calls). The directory's mode keeps everyone else out of
+    every file in it; ``cadr`` also runs with umask 077 (cadr/cli.py), so the files it creates are 0600.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def chdb_dir_locked(path: str) -> bool:
@@ -138,6 +202,7 @@ def open_client(
     database: str | None = None,
     readonly: bool = False,
     limits: QueryLimits | None = None,
+    access: StoreAccess | None = None,
     settings: Mapping[str, Any] | None = None,
     connect_timeout: float = 10.0,
     send_receive_timeout: float = 300.0,
@@ -146,7 +211,8 @@ def open_client(
 
     ``readonly=True`` makes the *connection* read-only at the server: ``readonly=1`` on the chdb handle, and
     with every HTTP request (no writes, no DDL, no table functions, no setting changes in the query), after the
-    per-query ``limits`` (default :class:`QueryLimits`), which the session then cannot raise.
+    per-query ``limits`` (default :class:`QueryLimits`), which the session then cannot raise. ``access``
+    authenticates to a server and checks its certificate.
     """
     target = parse_dsn(dsn)
     merged: dict[str, Any] = dict(settings or {})
@@ -155,12 +221,19 @@ def open_client(
             if readonly:
                 # Order matters: limits first, then readonly (after it, no setting can change on this handle).
                 merged = {**(limits or QueryLimits()).settings(), **merged, "readonly": 1}
+            if target.path and not readonly:
+                private_dir(target.path)
             # USE of a database that does not exist yet fails; the migration runner creates it.
             return clickhouse_connect.get_client(
                 dsn=target.dsn if target.path else "chdb://memory", database=database, settings=merged
             )
+        # clickhouse-connect takes host, port and credentials from the DSN but not its scheme: an https:// DSN
+        # would be spoken to in plain http unless the interface is named.
+        secure = urlparse(target.dsn).scheme in ("https", "clickhouses")
         client = clickhouse_connect.get_client(
             dsn=target.dsn,
+            interface="https" if secure else "http",
+            **(access or StoreAccess()).client_kwargs(target.dsn),
             database=database,
             settings=merged,
             connect_timeout=connect_timeout,

@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import secrets
+import ssl
 import tempfile
 import threading
 import uuid
@@ -174,6 +175,8 @@ class QueryEndpoint:
         password: str | None = None,
         limits: QueryLimits | None = None,
         write_info_file: bool = True,
+        user: str = "",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         target = parse_dsn(dsn)
         if not target.embedded or not target.path:
@@ -185,6 +188,9 @@ class QueryEndpoint:
         self.port = port
         self.writable = writable
         self.password = secrets.token_urlsafe(24) if password is None else password
+        #: when set, the user name a client must present as well (the stand-in server of the tests)
+        self.user = user
+        self.ssl_context = ssl_context
         self._write_info = write_info_file
         self.limits = limits or QueryLimits()
         self._pool = ThreadPoolExecutor(max_workers=self.limits.concurrency, thread_name_prefix="cadr-query")
@@ -200,7 +206,7 @@ class QueryEndpoint:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl_context is not None else 'http'}://{self.host}:{self.port}"
 
     @property
     def info(self) -> EndpointInfo:
@@ -264,7 +270,9 @@ class QueryEndpoint:
             app.router.add_route("*", "/", self._handle)
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
             loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+            site = web.TCPSite(
+                self._runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context
+            )
             loop.run_until_complete(site.start())
             server = getattr(site, "_server", None)
             if server is not None and server.sockets:
@@ -288,13 +296,16 @@ class QueryEndpoint:
     def _authorized(self, request: web.Request, params: Mapping[str, str]) -> bool:
         if not self.password:
             return True
+        user = request.headers.get("X-ClickHouse-User") or params.get("user")
         supplied = request.headers.get("X-ClickHouse-Key") or params.get("password")
         if supplied is None and request.headers.get("Authorization", "").startswith("Basic "):
             import base64
 
             with contextlib.suppress(ValueError):
                 raw = base64.b64decode(request.headers["Authorization"][6:]).decode()
-                supplied = raw.partition(":")[2]
+                user, _, supplied = raw.partition(":")
+        if self.user and not secrets.compare_digest(user or "", self.user):
+            return False
         return supplied is not None and secrets.compare_digest(supplied, self.password)
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -506,6 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--writable", action="store_true", help="accept writes (default: read-only)")
     parser.add_argument("--password", default="", help="required password (default: none)")
+    parser.add_argument("--user", default="", help="required user name with the password (default: any)")
+    parser.add_argument(
+        "--tls-cert", default="", help="serve https with this PEM certificate (default: http)"
+    )
+    parser.add_argument("--tls-key", default="", help="the private key of --tls-cert (default: none)")
     parser.add_argument("--ready-file", default="", help="write the bound port here once listening")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -515,8 +531,18 @@ def main(argv: list[str] | None = None) -> int:
     # server; a writable stand-in for a ClickHouse server starts with its database ready.
     target = parse_dsn(args.dsn)
     holder = chdb.connect(target.path)
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key or None)
     endpoint = QueryEndpoint(
-        args.dsn, port=args.port, writable=args.writable, password=args.password, write_info_file=False
+        args.dsn,
+        port=args.port,
+        writable=args.writable,
+        password=args.password,
+        user=args.user,
+        ssl_context=context,
+        write_info_file=False,
     ).start()
     if args.ready_file:
         tmp = args.ready_file + ".tmp"

@@ -37,7 +37,7 @@ from mode import Service
 
 from schemas.settings import Settings
 from streams.kafka_access import client_options
-from streams.store.client import parse_dsn
+from streams.store.client import StoreAccess, parse_dsn
 from streams.store.dedup import Coord
 from streams.store.endpoint import QueryEndpoint
 from streams.store.errors import StoreUnavailableError
@@ -155,6 +155,7 @@ class StoreService(Service):
                 retention_days=settings.store.retention_days,
                 stop=self._stop,
                 migrate=i == 0,
+                access=StoreAccess.from_store_settings(settings.store),
             )
             slot = _Slot(writer, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cadr-store-{i}"))
             await loop.run_in_executor(slot.executor, writer.open)

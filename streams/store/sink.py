@@ -31,7 +31,7 @@ from schemas.codec import decode, is_batch, split_batch
 from schemas.errors import RecordError
 from schemas.records import Alert, Event, Incident, Profile
 from streams.store import columns
-from streams.store.client import Client, open_client, wrap_error
+from streams.store.client import Client, StoreAccess, open_client, wrap_error
 from streams.store.dedup import Coord, DedupGuard, offset_ranges
 from streams.store.errors import QueryError, StoreError, StoreUnavailableError
 from streams.store.migrations import apply_migrations
@@ -129,8 +129,11 @@ class StoreWriter:
         fast_path: bool = True,
         client_factory: Callable[..., Client] = open_client,
         inserter_factory: Callable[[Client, str], RawInserter] = open_raw_inserter,
+        access: StoreAccess | None = None,
     ) -> None:
         self.dsn = dsn
+        #: credentials and TLS checks for a server (store.username / password_file / ca_file)
+        self.access = access
         self.database = database
         self.consumer = consumer
         self.retention_days = retention_days
@@ -179,7 +182,11 @@ class StoreWriter:
 
     def _client_or_connect(self) -> Client:
         if self._client is None:
-            client = self._client_factory(self.dsn)
+            client = (
+                self._client_factory(self.dsn, access=self.access)
+                if self.access is not None
+                else self._client_factory(self.dsn)
+            )
             try:
                 if self.migrate:
                     apply_migrations(client, self.database, self.retention_days)

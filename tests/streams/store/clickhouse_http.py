@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -22,17 +23,32 @@ __all__ = ["ClickHouseHttp"]
 
 
 class ClickHouseHttp:
-    """``start()`` / ``stop()`` a writable endpoint for ``data_dir`` on a fixed loopback port."""
+    """``start()`` / ``stop()`` a writable endpoint for ``data_dir`` on a fixed loopback port.
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    With ``user``/``password`` it requires them (as a server with a password-protected user does); with
+    ``tls`` = (certificate, key, CA file) it serves https only.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        user: str = "",
+        password: str = "",
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or find_free_port()
+        self.user = user
+        self.password = password
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.with_name(self.data_dir.name + "-http.log")
 
     @property
     def dsn(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> ClickHouseHttp:
         assert self.proc is None or self.proc.poll() is not None, "already running"
@@ -53,6 +69,9 @@ class ClickHouseHttp:
                 "--writable",
                 "--ready-file",
                 str(ready),
+                *(["--user", self.user] if self.user else []),
+                *(["--password", self.password] if self.password else []),
+                *(["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])] if self.tls else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -71,7 +90,8 @@ class ClickHouseHttp:
 
     def _ping(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.dsn}/ping", timeout=2) as resp:
+            context = ssl.create_default_context(cafile=str(self.tls[2])) if self.tls else None
+            with urllib.request.urlopen(f"{self.dsn}/ping", timeout=2, context=context) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
