@@ -97,6 +97,8 @@ def decode(
             return msgspec.convert(data, type_, strict=True)
         except msgspec.ValidationError as exc:
             raise RecordError(str(exc)) from exc
+        except RecursionError as exc:
+            raise RecordError(_TOO_DEEP) from exc
     size = len(data)
     if size > max_bytes:
         raise RecordError(f"record is {size} bytes, over the {max_bytes}-byte limit")
@@ -113,6 +115,13 @@ def decode(
         raise RecordError(f"invalid JSON: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise RecordError(f"invalid JSON: not valid UTF-8 at byte {exc.start}") from exc
+    except RecursionError as exc:
+        raise RecordError(_TOO_DEEP) from exc
+
+
+#: msgspec raises RecursionError past about 1,000 levels of nesting: one hostile record must be a dead letter
+#: with a reason, not an exception that takes the consuming stage down (and again on every redelivery)
+_TOO_DEEP = "invalid JSON: nested too deeply (more than about 1,000 levels of arrays and objects)"
 
 
 def decode_event(data: bytes | str | dict[str, Any], *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Event:
@@ -238,6 +247,8 @@ def split_batch(data: bytes, *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> li
         raise RecordError(f"invalid JSON: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise RecordError(f"invalid JSON: not valid UTF-8 at byte {exc.start}") from exc
+    except RecursionError as exc:
+        raise RecordError(_TOO_DEEP) from exc
 
 
 _EVENT_LIST = msgspec.json.Decoder(list[Event])
@@ -249,6 +260,6 @@ def decode_events(data: bytes, *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> 
         # one pass over the whole array; the element-wise path below names the bad element
         try:
             return _EVENT_LIST.decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             pass
     return [decode_event(p, max_bytes=max_bytes) for p in split_batch(data, max_bytes=max_bytes)]

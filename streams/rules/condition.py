@@ -17,7 +17,7 @@ from schemas.errors import CadrError
 from streams.rules.fields import FieldError, Getter, compile_field, is_field
 from streams.rules.functions import BASELINE_FACTS
 
-__all__ = ["Compiler", "ConditionError", "Predicate", "ValueFn"]
+__all__ = ["MAX_NESTING", "Compiler", "ConditionError", "Predicate", "ValueFn"]
 
 
 class ConditionError(CadrError):
@@ -37,6 +37,10 @@ _TOKEN = re.compile(
     )""",
     re.VERBOSE,
 )
+
+#: deepest nesting of parentheses, ``not`` and function calls in one condition; a recursive-descent parser must
+#: refuse deeper input with a clear error rather than overflow Python's stack
+MAX_NESTING = 64
 
 _BINARY_WORD_OPS = {"in", "startswith", "endswith", "contains", "icontains", "glob", "pmatch"}
 _KEYWORDS = {"and", "or", "not", "exists"} | _BINARY_WORD_OPS
@@ -174,6 +178,8 @@ class Compiler:
         self.functions = dict(functions)
         self._macro_cache: dict[str, Predicate] = {}
         self._expanding: list[str] = []
+        #: how deep the parsers are now, macro expansions included (see MAX_NESTING)
+        self.nesting = 0
 
     # -- entry points -------------------------------------------------------------------------
     def compile(self, text: str) -> Predicate:
@@ -283,11 +289,21 @@ class _Parser:
         return _chain(terms, "and")
 
     def parse_not(self) -> Predicate:
-        if self.is_word("not"):
-            self.take()
-            inner = self.parse_not()
-            return lambda ctx: not inner(ctx)
-        return self.parse_atom()
+        # every nested level (parentheses, not, function calls) passes through here or parse_call
+        self.enter()
+        try:
+            if self.is_word("not"):
+                self.take()
+                inner = self.parse_not()
+                return lambda ctx: not inner(ctx)
+            return self.parse_atom()
+        finally:
+            self.c.nesting -= 1
+
+    def enter(self) -> None:
+        self.c.nesting += 1
+        if self.c.nesting > MAX_NESTING:
+            raise self.error(f"nested more than {MAX_NESTING} levels deep (macros included)")
 
     def parse_atom(self) -> Predicate:
         tok = self.peek()
@@ -344,6 +360,13 @@ class _Parser:
         return _const(literal)
 
     def parse_call(self, name_tok: _Tok) -> ValueFn:
+        self.enter()
+        try:
+            return self._parse_call(name_tok)
+        finally:
+            self.c.nesting -= 1
+
+    def _parse_call(self, name_tok: _Tok) -> ValueFn:
         fn = self.c.functions[name_tok.text]
         self.expect("punct", "(")
         args: list[ValueFn] = []
