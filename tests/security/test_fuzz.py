@@ -28,8 +28,8 @@ from sensors.audit.normalize import normalize
 from streams.enrich import Enricher
 from streams.rules.condition import MAX_NESTING, Compiler, ConditionError
 from streams.rules.functions import FUNCTIONS
-from tests.sensors.test_audit_webhook import _event as audit_event
-from tests.streams.store_support import event
+from tests.sensors.audit.test_webhook import _event as audit_event
+from tests.streams.store.support import event
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from cadr.config import Settings
 from cadr.kafka_local import find_free_port
 from schemas.codec import encode
+from schemas.settings import Settings
 from streams.kafka_access import client_options
-from tests.streams.store_support import event
+from tests.streams.store.support import event
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_DIR = ROOT / "deploy" / "kafka"
