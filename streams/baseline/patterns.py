@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
+from schemas.glob import Glob, compile_glob
 from schemas.records import Event, Workload
 
 __all__ = [
@@ -237,20 +238,18 @@ def file_pattern(event: Event) -> str:
 # --- matching ---------------------------------------------------------------------------
 
 
-def _glob_re(pattern: str) -> str:
-    return "(?:" + re.escape(pattern).replace(r"\*", ".*") + ")"
-
-
 class Patterns:
-    """A set of patterns: exact values in a set, wildcard patterns in one compiled regex,
-    answers for wildcard lookups cached (values repeat a lot)."""
+    """A set of patterns: exact values in a set, wildcard patterns as linear-time globs
+    (:class:`schemas.glob.Glob`, ``*`` the only wildcard), answers for wildcard lookups cached (values repeat a
+    lot). Both the patterns (learned from what a workload does) and the values can be chosen by an attacker:
+    no match may backtrack."""
 
-    __slots__ = ("_cache", "_regex", "exact", "wild")
+    __slots__ = ("_cache", "_globs", "exact", "wild")
 
     def __init__(self, patterns: Iterable[str] = ()) -> None:
         self.exact: set[str] = set()
         self.wild: list[str] = []
-        self._regex: re.Pattern[str] | None = None
+        self._globs: list[Glob] = []
         self._cache: dict[str, bool] = {}
         for p in patterns:
             self.add(p)
@@ -258,7 +257,7 @@ class Patterns:
     def add(self, pattern: str) -> None:
         if "*" in pattern:
             self.wild.append(pattern)
-            self._regex = None
+            self._globs.append(compile_glob(pattern, stars_only=True))
             self._cache.clear()
         else:
             self.exact.add(pattern)
@@ -266,13 +265,11 @@ class Patterns:
     def match(self, value: str) -> bool:
         if value in self.exact:
             return True
-        if not self.wild:
+        if not self._globs:
             return False
         hit = self._cache.get(value)
         if hit is None:
-            if self._regex is None:
-                self._regex = re.compile("|".join(_glob_re(p) for p in self.wild), re.DOTALL)
-            hit = self._regex.fullmatch(value) is not None
+            hit = any(g.match(value) for g in self._globs)
             if len(self._cache) >= 4096:
                 self._cache.clear()
             self._cache[value] = hit

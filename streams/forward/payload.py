@@ -9,7 +9,6 @@ that at-least-once delivery may produce.
 
 from __future__ import annotations
 
-import fnmatch
 import importlib.metadata
 import time
 import uuid
@@ -18,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.codec import decode_alert, decode_incident, to_dict
+from schemas.glob import glob_match
 from schemas.ocsf import alert_to_ocsf, incident_to_ocsf
 from schemas.records import (
     Actor,
@@ -104,11 +104,11 @@ def rfc3339(ns: int) -> str:
 
 
 def _any(values: list[str], globs: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(v, g) for v in values for g in globs)
+    return any(glob_match(v, g) for v in values for g in globs)
 
 
 def _all(values: list[str], globs: tuple[str, ...]) -> bool:
-    return bool(values) and all(any(fnmatch.fnmatchcase(v, g) for g in globs) for v in values)
+    return bool(values) and all(any(glob_match(v, g) for g in globs) for v in values)
 
 
 def matches(record: Record, min_severity: Severity, f: FilterConfig) -> bool:

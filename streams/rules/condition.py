@@ -7,13 +7,13 @@ closures ``f(ctx) -> bool`` — no interpretation per event. See FORMAT.md for t
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import CadrError
+from schemas.glob import glob_match
 from streams.rules.fields import FieldError, Getter, compile_field, is_field
 from streams.rules.functions import BASELINE_FACTS
 
@@ -444,7 +444,8 @@ class _Parser:
             "endswith": lambda a, b: str(a).endswith(str(b)),
             "contains": lambda a, b: str(b) in str(a),
             "icontains": lambda a, b: str(b).lower() in str(a).lower(),
-            "glob": lambda a, b: fnmatch.fnmatchcase(str(a), str(b)),
+            # fnmatch's syntax, matched in linear time (a field value is attacker-chosen)
+            "glob": lambda a, b: glob_match(str(a), str(b)),
         }
         test = tests[op]
         constant = getattr(right, "constant", _NO_CONSTANT)

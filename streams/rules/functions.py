@@ -7,13 +7,13 @@ touches raw state.
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
+from schemas.glob import glob_match
 from schemas.records import Event
 from streams.rules.wildcard import wildcard_match
 
@@ -143,14 +143,14 @@ def _text_contains_any(ctx: EvalContext, value: Any, needles: Any) -> bool:
 def _text_glob_any(ctx: EvalContext, value: Any, patterns: Any) -> bool:
     """Some value matches some fnmatch pattern."""
     globs = _items(patterns)
-    return any(fnmatch.fnmatchcase(v, g) for v in _items(value) for g in globs)
+    return any(glob_match(v, g) for v in _items(value) for g in globs)
 
 
 def _text_glob_all(ctx: EvalContext, value: Any, patterns: Any) -> bool:
     """Every value matches some pattern (true for no values): ``not text.glob_all(x, (ok))``
     reads "some x is not in the known-good set"."""
     globs = _items(patterns)
-    return all(any(fnmatch.fnmatchcase(v, g) for g in globs) for v in _items(value))
+    return all(any(glob_match(v, g) for g in globs) for v in _items(value))
 
 
 def _text_match_any(casefold: bool) -> Callable[..., bool]:
