@@ -27,8 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="read-only SQL over the event store, or a named hunt (--named NAME)",
         description=(
             "Run read-only SQL against the event store (tables: events, alerts, incidents, profiles; views: "
-            "alerts_latest, incidents_latest, profiles_latest). The session is read-only at the server: "
-            "INSERT, ALTER, DROP and SYSTEM are refused by ClickHouse. Parameters are bound by the server: write "
+            "alerts_latest, incidents_latest, profiles_latest). The session is read-only at the server, and "
+            "ClickHouse's own parser must show one SELECT, SHOW, DESCRIBE, EXISTS or EXPLAIN without INTO OUTFILE, "
+            "SETTINGS or any function that reads files, URLs or other servers; each query runs within the "
+            "store.query_* limits (memory, time, result size). Parameters are bound by the server: write "
             "{name:Type} in the SQL and pass --param name=value. While `cadr up` or `cadr worker` owns the "
             "embedded store, the query goes through its local read-only endpoint."
         ),

@@ -349,14 +349,32 @@ def _check_json_node(key: str, parent_type: str, kind: str, node: dict[str, Any]
         if reason:
             check.refuse(reason)
     elif kind in ("TableIdentifier", "Identifier"):
-        parts = node.get("name_parts") or str(node.get("name", "")).split(".")
-        check.table([str(p) for p in parts])
+        check.table(_identifier_parts(node, check))
     elif kind == "QueryParameter" and str(node.get("param_type", "")) == "Identifier":
         check.identifier_param(str(node.get("name", "")))
     elif kind == "SetQuery" and not (key == "settings" and parent_type == "ExplainQuery"):
         check.refuse("a SETTINGS clause cannot change the session's limits")
     elif kind == "ExplainQuery" and isinstance(node.get("query"), dict):
         check.root(str(node["query"].get("type", "")))
+
+
+def _identifier_parts(node: dict[str, Any], check: _Check) -> list[str]:
+    """The parts of a (table) identifier, with ``{name:Identifier}`` parameters filled in: ``{db:Identifier}.
+    {t:Identifier}`` is two empty parts and two parameter children, in order."""
+    parts = [str(p) for p in (node.get("name_parts") or str(node.get("name", "")).split("."))]
+    params = iter(
+        c for c in node.get("children", []) if isinstance(c, dict) and c.get("type") == "QueryParameter"
+    )
+    filled: list[str] = []
+    for part in parts:
+        if part:
+            filled.append(part)
+            continue
+        param = next(params, None)
+        value = check.params.get(str(param.get("name", ""))) if param is not None else None
+        # (a parameter that is no plain name is refused by its own check)
+        filled.extend(value.split(".") if isinstance(value, str) and _PLAIN_NAME.match(value) else [""])
+    return filled
 
 
 # -- the text tree (EXPLAIN AST) ------------------------------------------------------------------------

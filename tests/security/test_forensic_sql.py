@@ -144,6 +144,10 @@ def test_host_and_network_functions_are_refused(store: Settings, secret: Path, r
             _assert_refused(store, sql)
         # an Identifier parameter cannot smuggle in a denied table either
         _assert_refused(store, "SELECT * FROM {t:Identifier}", {"t": "system.certificates"})
+        _assert_refused(
+            store, "SELECT * FROM {d:Identifier}.{t:Identifier}", {"d": "system", "t": "certificates"}
+        )
+        _assert_refused(store, "SELECT * FROM {d:Identifier}.certificates", {"d": "system"})
         # and ordinary hunts still run on the same route
         assert run_query(store, "SELECT count() FROM events", fmt="csv") == b'"count()"\n100\n'
 

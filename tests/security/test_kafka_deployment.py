@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from cadr.kafka_local import find_free_port
+from cadr.runtime import spawn_cadr
 from schemas.codec import encode
 from schemas.settings import Settings
 from streams.kafka_access import client_options
@@ -211,23 +212,7 @@ def test_only_sensors_write_raw_and_the_worker_runs_under_its_acls(
     from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
     worker_settings = deployed.settings("worker", tmp_path / "worker")
-    env = dict(os.environ)
-    env.update(
-        {
-            "CADR_KAFKA_BOOTSTRAP": deployed.bootstrap,
-            "CADR_KAFKA_PARTITIONS": "1",
-            "CADR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-            "CADR_KAFKA_SASL_USERNAME": "cadr-worker",
-            "CADR_KAFKA_SASL_PASSWORD_FILE": worker_settings.kafka.sasl_password_file,
-            "CADR_KAFKA_SSL_CAFILE": worker_settings.kafka.ssl_cafile,
-            "CADR_DATA_DIR": worker_settings.data_dir,
-            "CADR_STORE_QUERY_PORT": "0",
-        }
-    )
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "cadr.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    worker = spawn_cadr("worker", ["worker"], worker_settings, {"CADR_STORE_QUERY_PORT": "0"})
     try:
         sensor = deployed.settings("sensor", tmp_path)
 
@@ -239,7 +224,7 @@ def test_only_sensors_write_raw_and_the_worker_runs_under_its_acls(
                     await _produce(sensor, "cadr.raw")
                     break
                 except KafkaError:
-                    assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+                    assert worker.alive(), worker.tail(60)
                     assert time.monotonic() < deadline, "cadr.raw never became writable for cadr-sensor"
                     await asyncio.sleep(1)
             # the worker may not forge raw events, nor may a sensor read the stories
@@ -252,18 +237,13 @@ def test_only_sensors_write_raw_and_the_worker_runs_under_its_acls(
                 got = await _read_one(worker_settings, "cadr.events", 3)
                 if got:
                     return got
-                assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+                assert worker.alive(), worker.tail(60)
             return []
 
         events = asyncio.run(scenario())
-        assert events, (tmp_path / "worker.log").read_text()[-3000:]
+        assert events, worker.tail(60)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
+        worker.stop()
 
 
 def test_no_plaintext_or_unauthenticated_client_gets_in(deployed: Deployed, tmp_path: Path) -> None:

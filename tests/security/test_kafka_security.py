@@ -10,7 +10,6 @@ are refused. Before the change no client had these settings: they all spoke PLAI
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from cadr.kafka_local import LocalKafka, find_free_port
+from cadr.runtime import settings_env, spawn_cadr
 from cadr.topics import ensure_topics
 from schemas.codec import encode
 from schemas.records import ProfileEdit, ProfileEditOp
@@ -185,25 +185,9 @@ def test_the_worker_and_incidents_tail_run_over_sasl_ssl(secure_kafka: SecureKaf
     the documented settings (environment variables here)."""
     prefix = f"w{secrets.token_hex(3)}."
     settings = secure_kafka.settings("cadr-worker", tmp_path / "data", prefix)
-    env = dict(os.environ)
-    env.update(
-        {
-            "CADR_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
-            "CADR_KAFKA_TOPIC_PREFIX": prefix,
-            "CADR_KAFKA_PARTITIONS": "1",
-            "CADR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-            "CADR_KAFKA_SASL_USERNAME": "cadr-worker",
-            "CADR_KAFKA_SASL_PASSWORD_FILE": settings.kafka.sasl_password_file,
-            "CADR_KAFKA_SSL_CAFILE": settings.kafka.ssl_cafile,
-            "CADR_DATA_DIR": settings.data_dir,
-            "CADR_WORKER_APP_ID": settings.worker.app_id,
-            "CADR_DETECT_LEARNING_WINDOW_S": "0",
-        }
-    )
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "cadr.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    settings.detect.learning_window_s = 0
+    # the settings reach the worker as `cadr up` hands them to its children: CADR_* environment variables
+    worker = spawn_cadr("worker", ["worker"], settings, {"CADR_STORE_QUERY_PORT": "0"})
     try:
         # a shell in a container: the worker enriches it into <prefix>events and stores it
         shell = event("sasl-shell", kind="process_exec")
@@ -224,30 +208,25 @@ def test_the_worker_and_incidents_tail_run_over_sasl_ssl(secure_kafka: SecureKaf
                     got = await _values(settings, settings.topic("events"), 1, timeout_s=5)
                     if got:
                         return got
-                    assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+                    assert worker.alive(), worker.tail(60)
             finally:
                 await producer.stop()
             return []
 
         events = asyncio.run(publish_and_read())
-        assert events and b"sasl-shell" in events[0], (tmp_path / "worker.log").read_text()[-3000:]
+        assert events and b"sasl-shell" in events[0], worker.tail(60)
 
         # `cadr incidents tail` reads the story the worker told of it, over the same listener
         tail = subprocess.run(
             [sys.executable, "-m", "cadr.cli", "incidents", "tail", "--from-beginning", "--limit", "1"],
-            env=env,
+            env=settings_env(settings),
             capture_output=True,
             timeout=120,
         )
         assert tail.returncode == 0, tail.stderr[-2000:]
         assert b" revision 1 " in tail.stdout and b"Alerts (1)" in tail.stdout, tail.stdout[-2000:]
     finally:
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
+        worker.stop()
 
 
 async def test_wrong_credentials_plaintext_and_an_untrusted_ca_are_refused(

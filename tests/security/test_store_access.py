@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import trustme
 
 from cadr.commands.query import run_query
 from cadr.kafka_local import LocalKafka
+from cadr.runtime import spawn_cadr
 from schemas.settings import Settings
 from streams.store.client import StoreAccess
 from streams.store.errors import StoreError
@@ -106,35 +105,20 @@ def test_cadr_worker_writes_a_private_store(
 ) -> None:
     """`cadr worker` as a user starts it: every file of its event store is 0600 and every directory 0700
     (before: 0644 / 0755, readable by every local user)."""
-    data = tmp_path / "data"
-    env = dict(os.environ)
-    env.update(
-        {
-            "CADR_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
-            "CADR_KAFKA_TOPIC_PREFIX": topic_prefix,
-            "CADR_KAFKA_PARTITIONS": "1",
-            "CADR_DATA_DIR": str(data),
-            "CADR_WORKER_APP_ID": f"{topic_prefix}app",
-            "CADR_STORE_QUERY_PORT": "0",
-        }
-    )
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-m", "cadr.cli", "worker"], env=env, stdout=log, stderr=log)
-    store = data / "store"
-    try:
-        deadline = time.monotonic() + 120
+    settings = Settings()
+    settings.data_dir = str(tmp_path / "data")
+    settings.kafka.bootstrap = kafka_broker.bootstrap
+    settings.kafka.topic_prefix = topic_prefix
+    settings.kafka.partitions = 1
+    settings.worker.app_id = f"{topic_prefix}app"
+    store = tmp_path / "data" / "store"
+    with spawn_cadr("worker", ["worker"], settings, {"CADR_STORE_QUERY_PORT": "0"}) as worker:
         # the endpoint file is written once the store is open and its tables exist
+        deadline = time.monotonic() + 120
         while not (store / "cadr-query-endpoint.json").exists():
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            assert worker.alive(), worker.tail(60)
             assert time.monotonic() < deadline, "the worker did not open its store in time"
             time.sleep(0.2)
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
     assert (store / "cadr" / "events").exists() or any(store.rglob("*events*")), "no events table written"
     loose = _loose(store)
     assert not loose, f"{len(loose)} store paths readable by others, e.g. {loose[:5]}"
