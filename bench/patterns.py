@@ -51,12 +51,12 @@ def _old_regex(patterns: list[str]) -> re.Pattern[str]:
 def cases(n: int) -> list[tuple[str, Callable[[], bool]]]:
     """(name, matcher call) for values of length ``n``; patterns compiled once, as the worker holds them."""
     value_a = "/" + "a" * (n - 2) + "z"
-    stars8 = Glob("/" + "*a" * 8 + "*c*z", stars_only=True)  # eight stars that all find an "a", then no "c"
+    stars8 = Glob("/" + "*a" * 8 + "*c*z", syntax="stars")  # eight stars that all find an "a", then no "c"
     # a profile's whole file set, every pattern passing the cheap prefix and suffix checks: 256 full scans
     hostile_set = Patterns(["/" + "*a" * (i % 8 + 1) + f"*c{i}*z" for i in range(256)])
     learned_set = Patterns([f"/{i:03d}*a*a*a*a*a*a*c*z" for i in range(255)] + [stars8.pattern])
     arg_value = ("-x " + "a " * n)[:n]
-    arg_glob = Glob("-x " + "* a " * 6 + "* c *", stars_only=True)
+    arg_glob = Glob("-x " + "* a " * 6 + "* c *", syntax="stars")
     cls_value = "a" * n
     cls_pattern = "*" + "[ab]" * 24 + "c*"  # a rule glob: fixed-length classes searched at every position
     q_pattern = "*" + "?" * 64 + "c*"
@@ -65,6 +65,7 @@ def cases(n: int) -> list[tuple[str, Callable[[], bool]]]:
         ("argument shape pattern, 7 stars", lambda: arg_glob.match(arg_value)),
         ("rule glob, 24 character classes", lambda: glob_match(cls_value, cls_pattern)),
         ("rule glob, 64 '?'", lambda: glob_match(cls_value, q_pattern)),
+        ("Sigma wildcard, 64 '?', case-folded", lambda: glob_match(cls_value, q_pattern, syntax="sigma", casefold=True)),
         ("profile set of 256 learned patterns", lambda: learned_set._globs[-1].match(value_a) or any(g.match(value_a) for g in learned_set._globs)),
         ("profile set of 256 hostile patterns (per set)", lambda: any(g.match(value_a) for g in hostile_set._globs)),
     ]  # fmt: skip

@@ -10,11 +10,16 @@ first must match at the start, the last at the end, and each one between at its 
 before (for fixed-length pieces between stars, the leftmost choice is always right, so nothing is ever
 retried). Each segment is found with ``str.find`` (a literal) or one pass of a quantifier-free regular
 expression (``?`` and ``[...]`` classes): time O(len(value) x segments) at worst, with no input that takes
-longer. Two syntaxes:
+longer. Three syntaxes:
 
-- ``stars_only=True`` (profiles): ``*`` is the only wildcard; ``?`` and ``[`` are ordinary characters, as in
-  the file names they come from;
-- the default (rules): :mod:`fnmatch` syntax, ``*``, ``?``, ``[seq]``, ``[!seq]``, with fnmatch's meaning.
+- ``"stars"`` (profiles): ``*`` is the only wildcard; ``?`` and ``[`` are ordinary characters, as in the file
+  names they come from;
+- ``"fnmatch"`` (the default; rules' ``glob`` and ``text.glob_*``, forward filters): ``*``, ``?``, ``[seq]``,
+  ``[!seq]``, with :mod:`fnmatch`'s meaning;
+- ``"sigma"`` (Sigma rules' wildcards, ``text.match_any``): ``*``, ``?`` and ``\\`` making the next character
+  literal (a trailing ``\\`` is itself literal).
+
+``casefold=True`` compares lower-cased pattern and value (Sigma's default).
 """
 
 from __future__ import annotations
@@ -63,11 +68,33 @@ def _class(token: str) -> str:
     return "." if token == "?" else fnmatch.translate(token).removeprefix("(?s:").removesuffix(r")\Z")
 
 
-def _tokens(pattern: str, stars_only: bool) -> list[tuple[bool, str] | None]:
+def _sigma_tokens(pattern: str) -> list[tuple[bool, str] | None]:
+    out: list[tuple[bool, str] | None] = []
+    escaped = False
+    for c in pattern:
+        if escaped:
+            out.append((True, c))
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == "*":
+            out.append(None)
+        else:
+            out.append((False, "?") if c == "?" else (True, c))
+    if escaped:
+        out.append((True, "\\"))
+    return out
+
+
+def _tokens(pattern: str, syntax: str) -> list[tuple[bool, str] | None]:
     """The pattern as tokens: None for ``*``, else (is it a literal character, its text), one per character
     it matches (a character, ``?``, a class)."""
-    if stars_only:
+    if syntax == "stars":
         return [None if c == "*" else (True, c) for c in pattern]
+    if syntax == "sigma":
+        return _sigma_tokens(pattern)
+    if syntax != "fnmatch":
+        raise ValueError(f"unknown glob syntax {syntax!r} (fnmatch, stars or sigma)")
     out: list[tuple[bool, str] | None] = []
     i, n = 0, len(pattern)
     while i < n:
@@ -99,12 +126,13 @@ def _tokens(pattern: str, stars_only: bool) -> list[tuple[bool, str] | None]:
 class Glob:
     """One compiled pattern; :meth:`match` is true when the whole value matches it."""
 
-    __slots__ = ("_first", "_last", "_middle", "_minimum", "_stars", "pattern")
+    __slots__ = ("_first", "_last", "_middle", "_minimum", "_stars", "casefold", "pattern")
 
-    def __init__(self, pattern: str, *, stars_only: bool = False) -> None:
+    def __init__(self, pattern: str, *, syntax: str = "fnmatch", casefold: bool = False) -> None:
         self.pattern = pattern
+        self.casefold = casefold
         pieces: list[list[tuple[bool, str]]] = [[]]
-        for token in _tokens(pattern, stars_only):
+        for token in _tokens(pattern.lower() if casefold else pattern, syntax):
             if token is None:
                 if pieces[-1] or len(pieces) == 1:
                     pieces.append([])
@@ -118,6 +146,8 @@ class Glob:
         self._minimum = sum(s.length for s in segments)
 
     def match(self, value: str) -> bool:
+        if self.casefold:
+            value = value.lower()
         first, last = self._first, self._last
         if not self._stars:
             return len(value) == first.length and first.at(value, 0)
@@ -139,11 +169,11 @@ class Glob:
 
 
 @lru_cache(maxsize=4096)
-def compile_glob(pattern: str, stars_only: bool = False) -> Glob:
+def compile_glob(pattern: str, syntax: str = "fnmatch", casefold: bool = False) -> Glob:
     """A cached :class:`Glob` (rules compare with the same few patterns again and again)."""
-    return Glob(pattern, stars_only=stars_only)
+    return Glob(pattern, syntax=syntax, casefold=casefold)
 
 
-def glob_match(value: str, pattern: str) -> bool:
-    """:func:`fnmatch.fnmatchcase` semantics, in linear time."""
-    return compile_glob(pattern).match(value)
+def glob_match(value: str, pattern: str, *, syntax: str = "fnmatch", casefold: bool = False) -> bool:
+    """Whether ``value`` matches ``pattern`` (default: :func:`fnmatch.fnmatchcase` semantics), in linear time."""
+    return compile_glob(pattern, syntax, casefold).match(value)

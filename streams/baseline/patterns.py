@@ -257,7 +257,7 @@ class Patterns:
     def add(self, pattern: str) -> None:
         if "*" in pattern:
             self.wild.append(pattern)
-            self._globs.append(compile_glob(pattern, stars_only=True))
+            self._globs.append(compile_glob(pattern, "stars"))
             self._cache.clear()
         else:
             self.exact.add(pattern)

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from schemas.glob import glob_match
 from schemas.records import Event
-from streams.rules.wildcard import wildcard_match
 
 __all__ = ["BASELINE_FACTS", "FUNCTIONS", "BaselineView", "DetectState", "EvalContext"]
 
@@ -157,7 +156,7 @@ def _text_match_any(casefold: bool) -> Callable[..., bool]:
     def match_any(ctx: EvalContext, value: Any, patterns: Any) -> bool:
         """Some value matches some wildcard pattern (``*``, ``?``, ``\\`` escapes; linear time)."""
         wanted = _items(patterns)
-        return any(wildcard_match(v, p, casefold) for v in _items(value) for p in wanted)
+        return any(glob_match(v, p, syntax="sigma", casefold=casefold) for v in _items(value) for p in wanted)
 
     return match_any
 

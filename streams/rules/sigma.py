@@ -3,7 +3,7 @@
 pySigma parses a rule and applies its value modifiers (``contains``, ``startswith``, ``all``, ``re``, ``cidr``
 ...); the condition tree it yields is written here as a cadr condition, field by field through
 :data:`FIELD_MAPS`. Sigma string matching is case-insensitive with ``*``/``?`` wildcards: it becomes
-``text.imatch_any`` (linear-time wildcards, :mod:`streams.rules.wildcard`); ``|cased`` becomes
+``text.imatch_any`` (linear-time wildcards, :mod:`schemas.glob`'s sigma syntax); ``|cased`` becomes
 ``text.match_any``; ``|re`` becomes ``text.regex_any`` (RE2, linear time, the engine ClickHouse's ``match``
 uses too, so the retro-hunt's SQL means the same). The SQL side follows from the condition
 (:mod:`streams.forensics.rule_sql`).
@@ -131,7 +131,7 @@ def _logsource(rule: Any) -> str:
 
 
 def _wild(value: Any) -> str:
-    """A SigmaString as a wildcard pattern of streams.rules.wildcard (``*``, ``?``, ``\\`` escapes)."""
+    """A SigmaString as a wildcard pattern in schemas.glob's sigma syntax (``*``, ``?``, ``\\`` escapes)."""
     from sigma.types import SpecialChars
 
     out: list[str] = []
