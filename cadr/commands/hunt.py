@@ -16,6 +16,7 @@ from cadr.commands.scan import _print_stories, _print_text
 from schemas.codec import encode
 from schemas.errors import CadrError
 from schemas.settings import Settings
+from schemas.text import escape_controls
 from streams.rules import Rule, RuleSet, load_rules
 
 __all__ = ["register", "resolve_rule"]
@@ -120,7 +121,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             if cond.exact
             else f"a superset (no SQL form for {', '.join(cond.approximated)}; the rule re-checks)"
         )
-        sys.stderr.write(f"-- SQL ({kind}), since/until in ns:\n{result.plan.sql}\n")
+        sql = escape_controls(
+            result.plan.sql, keep="\n"
+        )  # the rule's own text: an imported rule is input too
+        sys.stderr.write(f"-- SQL ({kind}), since/until in ns:\n{sql}\n")
     if args.stories:
         return _print_stories(result.alerts, settings, as_json=args.json, fail_on=None)
     if args.json:
